@@ -211,11 +211,16 @@ def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
 def _quantize_int8(fp32_path: Path, out_path: Path) -> list[Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     model = onnx.load(fp32_path, load_external_data=False)
     exclude = [n.name for n in model.graph.node if n.name in _FP32_ONLY_NODES]
     large = sum(1 for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL) > 0
+    shaped = fp32_path.with_name("fp32-shaped.onnx")  # shape inference only; the graph is unchanged
+    quant_pre_process(fp32_path, shaped, skip_optimization=True, save_as_external_data=large,
+                      all_tensors_to_one_file=True, external_data_location=shaped.name + ".data")
     quantize_dynamic(
-        fp32_path, out_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+        shaped, out_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
         nodes_to_exclude=exclude, per_channel=True, use_external_data_format=large,
         extra_options={"MatMulConstBOnly": True},
     )
