@@ -29,7 +29,7 @@ def _cmd_convert(args) -> None:
 
     path = convert_checkpoint(
         Path(args.hf_dir), Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
-        projector_quant=args.projector_quant, mmproj=args.mmproj, progress=not args.quiet,
+        projector_quant=args.projector_quant, progress=not args.quiet,
     )
     print(path)
 
@@ -56,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--quant", default="Q4_K_M", type=str.upper, help=f"decoder type: {', '.join(ALL_QUANTS)}")
     conv.add_argument("--vision", nargs="+", default=["fp32"], help="vision encoder variants: fp32 fp16 int8")
     conv.add_argument("--projector-quant", default="F16", type=str.upper, help="projector type: F32, F16, Q8_0")
-    conv.add_argument("--mmproj", action="store_true", help="also write an llama.cpp mmproj GGUF (glm4v)")
     conv.add_argument("--quiet", action="store_true")
     conv.set_defaults(func=_cmd_convert)
 

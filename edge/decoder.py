@@ -131,6 +131,16 @@ class Decoder:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
 
+    @property
+    def ctx(self):
+        """The llama_context handle (for samplers)."""
+        return self._ctx
+
+    @property
+    def vocab(self):
+        """The llama_vocab handle (for grammar samplers)."""
+        return self._vocab
+
     # --- vocabulary -------------------------------------------------------------------------------
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:

@@ -29,3 +29,29 @@ def hf_tokenizer(tiny_checkpoint):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint as an exact bundle: F32 decoder, F32 projector, fp32 + fp16 + int8 vision."""
+    from convert.bundle_writer import convert_checkpoint
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-f32"
+    return convert_checkpoint(tiny_checkpoint, out, quant="F32", vision_dtypes=("fp32", "fp16", "int8"),
+                              projector_quant="F32")
+
+
+def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    """A deterministic noisy gradient image as PNG bytes (content matters to the model)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x + y) % 256], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").convert(mode).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,192 @@
+"""Prompts from chat messages, rendered by the checkpoint's own chat template (never a second copy of it).
+
+`normalize_messages` turns OpenAI-style messages into what the GLM template understands: image parts become
+`{"type": "image"}` (the template does not know `image_url` in user turns and would silently drop the
+image), tool-call arguments become mappings. It returns the image references in the order the template
+places them. `PromptBuilder` renders with a sandboxed jinja2 environment configured as transformers does
+(trim/lstrip blocks, a non-escaping `tojson`), splits the text at `<|image|>` and tokenises each text piece
+with special tokens parsed; the caller turns each image reference into its embedding chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edge.errors import InputError, TemplateError
+
+IMAGE_PLACEHOLDER = "<|image|>"
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image of a request: where it comes from and its per-image token budget."""
+
+    source: Any  # bytes, a path, or a data: URL (the server has already checked access)
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    index: int  # into the request's image list
+
+
+Chunk = TextChunk | ImageSlot
+
+DETAIL_MAX_TOKENS = {"low": 256, "high": None, "auto": None}
+
+
+def _image_ref(part: dict) -> ImageRef:
+    if part.get("type") == "image_url" or "image_url" in part:
+        spec = part.get("image_url")
+        spec = {"url": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("url"), str):
+            raise InputError("an image_url part needs image_url.url (a data: URL or an allowed path)")
+        detail = spec.get("detail", "auto")
+        if detail not in DETAIL_MAX_TOKENS:
+            raise InputError(f"image_url.detail is {detail!r}; allowed: low, high, auto")
+        max_tokens = spec.get("max_tokens", DETAIL_MAX_TOKENS[detail])
+        return ImageRef(spec["url"], spec.get("min_tokens"), max_tokens)
+    source = part.get("image")
+    if source is None:
+        raise InputError("an image part needs an `image` value (bytes, path or data: URL)")
+    return ImageRef(source, part.get("min_tokens"), part.get("max_tokens"))
+
+
+def _is_image_part(part: Any) -> bool:
+    return isinstance(part, dict) and (
+        part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part
+    )
+
+
+def _normalize_content(content: Any, role: str, images: list[ImageRef]) -> Any:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise InputError(f"{role} message content must be a string or a list of parts")
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+        elif _is_image_part(part):
+            if role == "assistant":
+                raise InputError("images in assistant messages are not supported; put them in a user or tool message")
+            images.append(_image_ref(part))
+            parts.append({"type": "image"})
+        elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise InputError(f"unsupported {role} content part {kind!r}; allowed: text, image_url, image")
+    return parts
+
+
+def _normalize_tool_calls(calls: Any) -> list[dict]:
+    out = []
+    for call in calls or []:
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InputError("each assistant tool_calls entry needs function.name")
+        args = fn.get("arguments") or {}
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as e:
+                raise InputError(f"tool call {fn['name']!r}: arguments are not valid JSON ({e})") from e
+        if not isinstance(args, dict):
+            raise InputError(f"tool call {fn['name']!r}: arguments must be a JSON object")
+        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
+
+
+def normalize_messages(messages: Sequence[dict]) -> tuple[list[dict], list[ImageRef]]:
+    """Template-ready messages and the images they hold, in template order."""
+    if not messages:
+        raise InputError("messages must not be empty")
+    out, images = [], []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+        role = msg["role"]
+        clean = {"role": role, "content": _normalize_content(msg.get("content"), role, images)}
+        if role == "assistant":
+            if msg.get("tool_calls"):
+                clean["tool_calls"] = _normalize_tool_calls(msg["tool_calls"])
+            reasoning = msg.get("reasoning_content")
+            if isinstance(reasoning, str):
+                clean["reasoning_content"] = reasoning
+        if role == "tool" and msg.get("tool_call_id") is not None:
+            clean["tool_call_id"] = msg["tool_call_id"]
+        out.append(clean)
+    return out, images
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' override: no HTML escaping, and the keyword arguments chat templates use
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def compile_template(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"the bundle's chat template does not compile: {e}") from e
+
+
+class PromptBuilder:
+    """Render + split + tokenise. `tokenize(text)` must parse special tokens."""
+
+    def __init__(self, template_source: str, tokenize: Callable[[str], list[int]]):
+        self.template = compile_template(template_source)
+        self.tokenize = tokenize
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None, enable_thinking: bool = True,
+               add_generation_prompt: bool = True) -> str:
+        try:
+            return self.template.render(
+                messages=messages, tools=tools or None, enable_thinking=enable_thinking,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"the chat template rejected these messages: {e}") from e
+
+    def build(self, messages: Sequence[dict], tools: list[dict] | None = None, enable_thinking: bool = True
+              ) -> tuple[list[Chunk], list[ImageRef], str]:
+        """(chunks, images, rendered text): text chunks tokenised, one ImageSlot per image in order."""
+        clean, images = normalize_messages(messages)
+        text = self.render(clean, tools, enable_thinking)
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        if len(pieces) - 1 != len(images):
+            raise TemplateError(
+                f"the chat template placed {len(pieces) - 1} image(s) but the messages hold {len(images)}; "
+                "images in this position are not supported by the model's template"
+            )
+        chunks: list[Chunk] = []
+        for i, piece in enumerate(pieces):
+            if piece:
+                chunks.append(TextChunk(tuple(self.tokenize(piece))))
+            if i < len(images):
+                chunks.append(ImageSlot(i))
+        return chunks, images, text
