@@ -102,6 +102,8 @@ class KVPrefix:
         if keep_last_token and full == len(wanted):
             full -= 1
             partial = max(len(wanted[full].tokens) - 1, 0)
+        elif keep_last_token and full == len(wanted) - 1 and partial == len(wanted[full].tokens):
+            partial -= 1
         return full, partial
 
     def cut(self, full: int, partial: int) -> int:

@@ -82,7 +82,10 @@ class Engine:
                 else:
                     skip = partial if i == full else 0
                     self.decoder.decode_tokens(entry.tokens[skip:], entry.start + skip, logits_last=last)
-                self.kv.entries.append(entry)
+                if i == full and partial:
+                    self.kv.entries[-1] = entry  # the kept head of this entry, now complete
+                else:
+                    self.kv.entries.append(entry)
         except BaseException:
             # Whatever was half-decoded is unknown state: forget it all rather than reuse it wrongly.
             self.kv.reset()
