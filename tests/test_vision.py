@@ -122,6 +122,17 @@ def test_images_one_at_a_time_equal_hf_batch(ckpt, encoders, projector, hf_model
         assert rel_err(image_embeddings(encoders["fp32"], projector, x, [1, gh, gw]), r) < FP32_MAX_REL
 
 
+def test_standard_attention_graph(ckpt, hf_model, tmp_path):
+    """The all-standard-ops graph (for providers without com.microsoft ops) has the same parity."""
+    (path,) = export_vision(ckpt, tmp_path, "fp32", attention="standard")
+    model = onnx.load(path)
+    assert {o.domain for o in model.opset_import} == {""}
+    assert "MultiHeadAttention" not in {n.op_type for n in model.graph.node}
+    x = patches(6, 10, ckpt)
+    ref_vit, _ = hf_vision(hf_model, x, [(6, 10)])
+    assert rel_err(VisionEncoder(path, provider="cpu").encode(x, [1, 6, 10]), ref_vit) < FP32_MAX_REL
+
+
 def test_shape_inputs_match_transformers(ckpt, hf_model):
     """Bicubic position resampling and 2-D rope, alone, for grids smaller and larger than the table."""
     import torch.nn.functional as F
@@ -153,6 +164,7 @@ def test_graph_contract(ckpt, bundle, encoders):
     assert desc["inputs"][0]["shape"] == ["num_patches", 1176]
     assert desc["inputs"][1]["shape"] == ["num_patches", 576]
     assert desc["outputs"] == [{"name": "vision_hidden", "dtype": "float32", "shape": ["num_patches", 64]}]
+    assert "MultiHeadAttention" in {n.op_type for n in onnx.load(bundle / "vision-encoder-fp32.onnx").graph.node}
     kinds = {n.op_type for n in onnx.load(bundle / "vision-encoder-int8.onnx").graph.node}
     assert "MatMulInteger" in kinds or "DynamicQuantizeMatMul" in kinds
 
