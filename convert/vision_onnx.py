@@ -83,7 +83,10 @@ class _Graph:
         self._n = 0
 
     def init(self, name: str, array: np.ndarray, dtype=None) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype or self.wdt), name))
+        data = np.ascontiguousarray(array, dtype=dtype or self.wdt)
+        if data.dtype == np.float16 and not np.isfinite(data).all():
+            raise ConversionError(f"weight {name} overflows float16 (max |w| {np.abs(array).max():.3g}); use fp32")
+        self.inits.append(numpy_helper.from_array(data, name))
         return name
 
     def scalar(self, name: str, value: float, dtype=np.float32) -> str:
@@ -101,12 +104,11 @@ class _Graph:
             return x
         return self.op("Cast", [x], to=TensorProto.FLOAT16 if to_fp16 else TensorProto.FLOAT)
 
-    def linear(self, x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None, fp32: bool = False) -> str:
+    def linear(self, x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
         """x @ weight.T (+ bias); weight is [out, in] as in the checkpoint."""
-        dt = np.float32 if fp32 else None
-        y = self.op("MatMul", [x, self.init(name + ".weight", weight.T, dt)], name=name + ".matmul")
+        y = self.op("MatMul", [x, self.init(name + ".weight", weight.T)], name=name + ".matmul")
         if bias is not None:
-            y = self.op("Add", [y, self.init(name + ".bias", bias, dt)], name=name + ".add")
+            y = self.op("Add", [y, self.init(name + ".bias", bias)], name=name + ".add")
         return y
 
     def rms_norm(self, x: str, weight: np.ndarray, eps: float, name: str) -> str:
@@ -232,7 +234,6 @@ def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 def _quantize_int8(fp32_path: Path, out_path: Path) -> list[Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model = onnx.load(fp32_path, load_external_data=False)

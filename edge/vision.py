@@ -19,6 +19,7 @@ expected description (the manifest's, when given): a mismatch raises `VisionErro
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -227,7 +228,8 @@ class VisionEncoder:
         provider: str = "auto",
         threads: int | None = None,
         expected_io: dict | None = None,
-        cache_size: int = 8,
+        cache_entries: int = 8,
+        cache_bytes: int = 256 << 20,
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -250,20 +252,27 @@ class VisionEncoder:
         if expected_io is not None:
             check_io(actual, expected_io, f"{self.path} (against the manifest)")
         self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
-        self._cache_size = max(0, int(cache_size))
+        self._cache_entries, self._cache_bytes = int(cache_entries), int(cache_bytes)
+        self._lock = threading.Lock()  # sessions run concurrently; the cache is the only shared state
 
     def grid_inputs(self, gh: int, gw: int) -> dict[str, np.ndarray]:
-        """pos_interp / rope_cos / rope_sin for a gh x gw patch grid (cached, least recently used out)."""
+        """pos_interp / rope_cos / rope_sin for a gh x gw grid; cached, least recently used evicted first."""
         key = (gh, gw)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         m = self.meta
         cos, sin = rope_cos_sin(gh, gw, m.head_dim, m.rope_theta, m.spatial_merge_size)
         value = {"pos_interp": pos_interp(gh, gw, m.pos_grid, m.spatial_merge_size), "rope_cos": cos, "rope_sin": sin}
-        if self._cache_size:
+        for array in value.values():
+            array.setflags(write=False)
+        with self._lock:
             self._cache[key] = value
-            while len(self._cache) > self._cache_size:
+            while self._cache and (
+                len(self._cache) > self._cache_entries
+                or sum(a.nbytes for v in self._cache.values() for a in v.values()) > self._cache_bytes
+            ):
                 self._cache.popitem(last=False)
         return value
 

@@ -214,12 +214,18 @@ def test_provider_selection(caplog):
 
 
 def test_grid_cache_is_bounded(bundle):
-    enc = VisionEncoder(bundle / "vision-encoder-fp32.onnx", provider="cpu", cache_size=2)
+    enc = VisionEncoder(bundle / "vision-encoder-fp32.onnx", provider="cpu", cache_entries=2)
     first = enc.grid_inputs(4, 4)
     assert enc.grid_inputs(4, 4) is first
     enc.grid_inputs(6, 4)
     enc.grid_inputs(4, 6)
     assert list(enc._cache) == [(6, 4), (4, 6)]
+    small = VisionEncoder(bundle / "vision-encoder-fp32.onnx", provider="cpu", cache_bytes=100_000)
+    small.grid_inputs(4, 4)  # 16 patches: ~45 kB
+    small.grid_inputs(6, 4)  # 24 patches: ~68 kB, pushes the first one out
+    assert list(small._cache) == [(6, 4)]
+    small.grid_inputs(20, 20)  # larger than the budget alone: computed, not kept
+    assert list(small._cache) == []
 
 
 def test_external_data_and_legacy_prefix(ckpt, encoders, tmp_path, monkeypatch):
@@ -233,6 +239,9 @@ def test_external_data_and_legacy_prefix(ckpt, encoders, tmp_path, monkeypatch):
     x = patches(6, 4, ckpt)
     split = VisionEncoder(files[0], provider="cpu").encode(x, [1, 6, 4])
     np.testing.assert_array_equal(split, encoders["fp32"].encode(x, [1, 6, 4]))
+    files = export_vision(ckpt, tmp_path / "int8", "int8")  # the quantizer's external-data path
+    assert [f.name for f in files] == ["vision-encoder-int8.onnx", "vision-encoder-int8.onnx.data"]
+    assert cosine(VisionEncoder(files[0], provider="cpu").encode(x, [1, 6, 4]), split) > 0.99
 
 
 def test_attention_bias(ckpt, hf_model):
