@@ -192,10 +192,12 @@ def build_vision_model(ckpt: Checkpoint, dtype: str = "fp32", attention: str = "
     for i in range(spec.depth):
         b = f"{p}blocks.{i}."
         h = g.cast(g.rms_norm(x, ckpt.get(b + "norm1.weight", (hd,)), eps, f"blk{i}.norm1"), True)
-        x = g.op("Add", [x, g.cast(_attention(g, h, b, ckpt, spec, i, shapes, attention), False)], name=f"blk{i}.attn.residual")
+        attn = _attention(g, h, b, ckpt, spec, i, shapes, attention)
+        x = g.op("Add", [x, g.cast(attn, False)], name=f"blk{i}.attn.residual")
         h = g.cast(g.rms_norm(x, ckpt.get(b + "norm2.weight", (hd,)), eps, f"blk{i}.norm2"), True)
-        gate_up = np.concatenate([ckpt.get(b + "mlp.gate_proj.weight", (mlp, hd)), ckpt.get(b + "mlp.up_proj.weight", (mlp, hd))])
-        gate, up = g.op("Split", [g.linear(h, gate_up, f"blk{i}.mlp.gate_up")], name=f"blk{i}.mlp.split", n_out=2, axis=-1)
+        gate_up = np.concatenate([ckpt.get(b + f"mlp.{n}_proj.weight", (mlp, hd)) for n in ("gate", "up")])
+        gate_up = g.linear(h, gate_up, f"blk{i}.mlp.gate_up")  # one GEMM, then split in halves
+        gate, up = g.op("Split", [gate_up], name=f"blk{i}.mlp.split", n_out=2, axis=-1)
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])], name=f"blk{i}.mlp.silu"), up])
         down = g.linear(act, ckpt.get(b + "mlp.down_proj.weight", (hd, mlp)), f"blk{i}.mlp.down")
         x = g.op("Add", [x, g.cast(down, False)], name=f"blk{i}.mlp.residual")
@@ -208,7 +210,9 @@ def build_vision_model(ckpt: Checkpoint, dtype: str = "fp32", attention: str = "
         g.nodes, "glm_edge_vision", [value_info(a) for a in desc["inputs"]],
         [value_info(a) for a in desc["outputs"]], g.inits,
     )
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if attention == "mha" else [])
+    opsets = [helper.make_opsetid("", OPSET)]
+    if attention == "mha":
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
     model = helper.make_model(
         graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="glm-edge",
         doc_string=f"GLM-4.6V vision tower ({dtype}, {attention} attention); one image per call, dynamic {PATCH_DIM}",

@@ -7,9 +7,9 @@ float32 once at load) and computes, for each block of m*m consecutive rows (one 
     -> down(silu(gate(h)) * up(h))
 
 matching transformers' `Glm4vVisionModel` downsample + `Glm4vVisionPatchMerger` in float32. The exact
-(erf) GELU uses `erf` below: float64 Chebyshev fits of erf(z)/z (|z| < 2) and exp(z^2) erfc(z) (2 <= |z| < 6),
-made at import from `math.erf`/`math.erfc`; absolute error below 1e-13, ~70 ms per 6M values (numpy has no erf; scipy is not
-a dependency).
+(erf) GELU uses `erf` below: float64 Chebyshev fits of erf(z)/z (|z| < 2) and exp(z^2) erfc(z)
+(2 <= |z| < 6), made at import from `math.erf`/`math.erfc`; absolute error below 1e-13, about 70 ms per
+6M values (numpy has no erf; scipy is not a dependency).
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ class Projector:
         mean = h.mean(axis=-1, keepdims=True)
         var = np.square(h - mean).mean(axis=-1, keepdims=True)
         h = ((h - mean) / np.sqrt(var + self.eps)).astype(np.float32)
-        h = gelu(h * self.weights["merger.post_projection_norm.weight"] + self.weights["merger.post_projection_norm.bias"])
+        norm = "merger.post_projection_norm"
+        h = gelu(h * self.weights[norm + ".weight"] + self.weights[norm + ".bias"])
         act = _silu(self._linear(h, "merger.gate_proj")) * self._linear(h, "merger.up_proj")
         return self._linear(act, "merger.down_proj")
 
@@ -180,7 +181,8 @@ class Projector:
         group = self.merge**2
         if x.ndim != 2 or x.shape[1] != self.hidden_size or x.shape[0] % group:
             raise VisionError(
-                f"projector input has shape {list(x.shape)}, expected [N, {self.hidden_size}] with N a multiple of {group}"
+                f"projector input has shape {list(x.shape)}, "
+                f"expected [N, {self.hidden_size}] with N a multiple of {group}"
             )
         rows = x.reshape(-1, group * self.hidden_size)
         out = np.empty((rows.shape[0], self.out_hidden_size), dtype=np.float32)

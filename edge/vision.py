@@ -281,7 +281,9 @@ class VisionEncoder:
         t, gh, gw = (int(v) for v in np.asarray(grid_thw).reshape(-1))
         merge = self.meta.spatial_merge_size
         if t != 1:
-            raise VisionError(f"grid_thw {[t, gh, gw]}: one image (t=1) per call; encode video frame pairs one at a time")
+            raise VisionError(
+                f"grid_thw {[t, gh, gw]}: one image (t=1) per call; encode video frame pairs one at a time"
+            )
         if gh <= 0 or gw <= 0 or gh % merge or gw % merge:
             raise VisionError(f"grid_thw {[t, gh, gw]}: gh and gw must be positive multiples of {merge}")
         patches = np.ascontiguousarray(prepared_patches, dtype=np.float32)
@@ -298,7 +300,9 @@ class VisionEncoder:
         return out
 
 
-def image_embeddings(encoder: VisionEncoder, projector: Projector, prepared_patches: np.ndarray, grid_thw) -> np.ndarray:
+def image_embeddings(
+    encoder: VisionEncoder, projector: Projector, prepared_patches: np.ndarray, grid_thw
+) -> np.ndarray:
     """[gh*gw/4, out_hidden] decoder input embeddings of one image: ViT then projector."""
     hidden = encoder.encode(prepared_patches, grid_thw)
     if projector.hidden_size != encoder.meta.hidden_size:

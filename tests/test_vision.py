@@ -65,7 +65,8 @@ def bundle(ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoders(bundle):
-    return {d: VisionEncoder(bundle / f"vision-encoder-{d}.onnx", provider="cpu", threads=1) for d in ("fp32", "fp16", "int8")}
+    dtypes = ("fp32", "fp16", "int8")
+    return {d: VisionEncoder(bundle / f"vision-encoder-{d}.onnx", provider="cpu", threads=1) for d in dtypes}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_reduced_precision_cosine(dtype, min_cos, ckpt, encoders, projector, hf_
         ref_vit, (ref_emb,) = hf_vision(hf_model, x, [(gh, gw)])
         vit = encoders[dtype].encode(x, [1, gh, gw])
         emb = projector(vit)
-        print(f"{dtype} {gh}x{gw}: 1-cosine vit {1 - cosine(vit, ref_vit):.1e}, embeddings {1 - cosine(emb, ref_emb):.1e}")
+        print(f"{dtype} {gh}x{gw}: 1-cosine vit {1 - cosine(vit, ref_vit):.1e}, emb {1 - cosine(emb, ref_emb):.1e}")
         assert cosine(vit, ref_vit) > min_cos
         assert cosine(emb, ref_emb) > min_cos
 
@@ -206,7 +207,9 @@ def test_provider_selection(caplog):
     both = ["CoreMLExecutionProvider", "CPUExecutionProvider"]
     assert select_providers("auto", both) == both
     assert select_providers("coreml", both) == both
-    assert select_providers("CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers("CUDAExecutionProvider", cuda) == cuda
+    assert select_providers("auto", ["CoreMLExecutionProvider", *cuda]) == cuda  # CUDA ranks first
     with pytest.raises(VisionError, match="cuda"):
         select_providers("cuda", ["CPUExecutionProvider"])
     with pytest.raises(VisionError, match="tensorrt"):
