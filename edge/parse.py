@@ -24,7 +24,7 @@ Routing
 - Stop tokens `<|endoftext|>`, `<|user|>`, `<|observation|>` are removed wherever they appear.
   Stray tool tags outside a call are removed and reported (`stray_tag`).
 - Grounding: box tags `<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` stay in `content` exactly as
-  written (clients that render them, `find_boxes` and re-prompting need them); `result.boxes` is the
+  written (clients that render them, `edge.boxes.find_boxes` and re-prompting need them); `result.boxes` is the
   structured extra: coordinates are 0..1000 relative to the image, `box_px` = v/1000 * size.
 
 A rejected call whose name was already streamed gets no arguments delta; `errors` says why, and the
@@ -40,11 +40,12 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from edge.boxes import Box, box_to_pixels, find_boxes
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 KEY_OPEN, KEY_CLOSE = "<arg_key>", "</arg_key>"
 VALUE_OPEN, VALUE_CLOSE = "<arg_value>", "</arg_value>"
-BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 TAGS = (THINK_OPEN, THINK_CLOSE, CALL_OPEN, CALL_CLOSE, KEY_OPEN, KEY_CLOSE, VALUE_OPEN, VALUE_CLOSE, *STOP_TOKENS)
 _MAX_TAG = max(map(len, TAGS))
@@ -86,12 +87,6 @@ class ToolCallDelta:
     arguments: str
 
 
-@dataclass(frozen=True)
-class Box:
-    label: str  # best-effort phrase before the box on the same line
-    box_1000: tuple[float, float, float, float]  # as written: x1, y1, x2, y2 in 0..1000
-    box_px: tuple[float, float, float, float] | None  # on the original image, None without a size
-    image_index: int | None  # which prompt image the box refers to (default: the last one)
 
 
 @dataclass
@@ -493,78 +488,6 @@ def _convert_value(raw: str, types: set[str] | None) -> Any:
     if "string" in types:
         return value if _type_ok(value, types - {"string"}) else raw
     return value
-
-
-# --- grounding boxes --------------------------------------------------------------------------------
-
-_BOX_RE = re.compile(re.escape(BOX_OPEN) + r"(.*?)" + re.escape(BOX_CLOSE), re.S)
-_GROUP_RE = re.compile(r"[\[(]([^\[\]()]*)[\])]")
-_NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_LIST_MARK = re.compile(r"^(?:[-*•]|\d+[.)])\s+")
-_SENTENCE_END = re.compile(r"(?:[.;!?]\s+|[。；！？])")
-
-
-def box_to_pixels(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """0..1000 box -> pixels on a width x height image: x * width / 1000, y * height / 1000."""
-    x1, y1, x2, y2 = box
-    return (x1 * width / 1000, y1 * height / 1000, x2 * width / 1000, y2 * height / 1000)
-
-
-def _num(text: str) -> float:
-    return float(text) if "." in text else int(text)
-
-
-def _box_coords(inner: str) -> list[tuple[float, float, float, float]]:
-    groups = [[_num(n) for n in _NUM_RE.findall(g)] for g in _GROUP_RE.findall(inner)]
-    if not groups:
-        groups = [[_num(n) for n in _NUM_RE.findall(inner)]]
-    boxes: list[tuple[float, float, float, float]] = []
-    point: list[float] | None = None  # ((x1,y1),(x2,y2)) written as two points
-    for nums in groups:
-        if len(nums) == 2:
-            if point is None:
-                point = nums
-                continue
-            nums, point = point + nums, None
-        if nums and len(nums) % 4 == 0:
-            boxes += [tuple(nums[i: i + 4]) for i in range(0, len(nums), 4)]
-    return boxes
-
-
-def _label(before: str) -> str:
-    line = before.rsplit("\n", 1)[-1].strip()
-    line = _LIST_MARK.sub("", line)
-    line = _SENTENCE_END.split(line)[-1]
-    return line.strip().strip("*_`\"'").strip(" \t:：-–—=,，(（").strip("*_`\"'").strip()
-
-
-def find_boxes(
-    text: str,
-    image_sizes: Sequence[tuple[int, int]] | None = None,
-    image_index: int | None = None,
-) -> list[Box]:
-    """Boxes written as `<|begin_of_box|>...<|end_of_box|>` in `text`.
-
-    `image_sizes`: (width, height) of each prompt image in order; boxes refer to `image_index`
-    (default: the last image) and get `box_px` on that image's original size.
-    """
-    sizes = list(image_sizes or [])
-    if image_index is None:
-        image_index = len(sizes) - 1 if sizes else None
-    elif not 0 <= image_index < len(sizes):
-        raise ValueError(f"image_index {image_index} but the prompt has {len(sizes)} image sizes")
-    size = sizes[image_index] if image_index is not None else None
-    if size is not None and not (size[0] > 0 and size[1] > 0):
-        raise ValueError(f"image size must be positive (width, height), got {size!r}")
-    out: list[Box] = []
-    last_end = 0
-    for m in _BOX_RE.finditer(text):
-        label = _label(text[last_end: m.start()])
-        for box in _box_coords(m.group(1)):
-            px = box_to_pixels(box, size[0], size[1]) if size is not None else None
-            out.append(Box(label, box, px, image_index))
-        last_end = m.end()
-    return out
 
 
 __all__ = [
