@@ -40,7 +40,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from edge.boxes import Box, box_to_pixels, find_boxes
+from edge.boxes import Box, find_boxes
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -491,6 +491,6 @@ def _convert_value(raw: str, types: set[str] | None) -> Any:
 
 
 __all__ = [
-    "Box", "Delta", "ParseIssue", "ParsedOutput", "StreamParser", "ToolCall", "ToolCallDelta",
-    "box_to_pixels", "find_boxes", "new_call_id", "parse", "STOP_TOKENS", "TAGS",
+    "Delta", "ParseIssue", "ParsedOutput", "StreamParser", "ToolCall", "ToolCallDelta",
+    "new_call_id", "parse", "STOP_TOKENS", "TAGS",
 ]

@@ -6,18 +6,14 @@ import re
 
 import pytest
 
+from edge.boxes import BOX_CLOSE, BOX_OPEN, Box, box_to_pixels, find_boxes
 from edge.parse import (
-    BOX_CLOSE,
-    BOX_OPEN,
     TAGS,
-    Box,
     Delta,
     ParseIssue,
     StreamParser,
     ToolCall,
     ToolCallDelta,
-    box_to_pixels,
-    find_boxes,
     new_call_id,
     parse,
 )
