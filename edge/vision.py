@@ -246,6 +246,8 @@ class VisionEncoder:
         except Exception as e:  # onnxruntime raises its own unexported exception types
             raise VisionError(f"{self.path}: onnxruntime could not load the vision encoder: {e}") from e
         self.providers = self.session.get_providers()
+        if self.providers[0] != providers[0]:  # e.g. CUDA listed but its libraries failed to load
+            log.warning("vision encoder: asked for %s, onnxruntime runs on %s", providers[0], self.providers[0])
         self.meta = VisionMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         actual = _session_io(self.session)
         check_io(actual, io_description(self.meta), str(self.path))
