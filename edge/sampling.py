@@ -72,8 +72,8 @@ class Sampler:
                 raise InputError("the output grammar (from response_format) could not be compiled")
             add(grammar)
         if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            add(llama_cpp.llama_sampler_init_penalties(
-                params.penalty_last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
+            add(llama_cpp.llama_sampler_init_penalties(  # this llama.cpp build takes n_vocab first
+                decoder.n_vocab, params.penalty_last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
             ))
         if params.temperature == 0:
             add(llama_cpp.llama_sampler_init_greedy())
