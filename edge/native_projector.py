@@ -117,7 +117,8 @@ class NativeProjector:
         if not self.path.is_file():
             raise BundleError(f"{self.path}: projector file is missing")
         err = ctypes.create_string_buffer(_ERR_LEN)
-        handle = self._lib.gep_load(os.fsencode(self.path), device.encode(), int(threads or 0), err, _ERR_LEN)
+        threads = int(threads or os.cpu_count() or 0)  # like the decoder; ggml's own default is 4
+        handle = self._lib.gep_load(os.fsencode(self.path), device.encode(), threads, err, _ERR_LEN)
         if not handle:
             message = err.value.decode("utf-8", "replace") or "unknown error"
             if "requested but" in message or "no usable device" in message or "could not initialise" in message:
