@@ -68,6 +68,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def convert_decoder(ckpt: Checkpoint, out_dir: Path, quant: str, progress: bool = False) -> Path:
     """Write `decoder-<QUANT>.gguf` into `out_dir`; returns its path."""
     quant = check_quant(quant)
+    out_dir.mkdir(parents=True, exist_ok=True)
     n = decoder_weight_count(ckpt)
     needed = int(n * BYTES_PER_WEIGHT[quant]) + (0 if quant in FLOAT_QUANTS else 2 * n)
     check_free_space(out_dir, needed)

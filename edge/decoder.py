@@ -50,6 +50,7 @@ class DecoderOptions:
     flash_attn: str = "auto"
     kv_type: str = "f16"
     mmap: bool = True
+    extra_buffers: bool | None = None  # llama.cpp's repacked/AMX weight buffers; None: on unless the CPU has AMX
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -60,6 +61,16 @@ class DecoderOptions:
             raise DecoderError(f"flash attention {self.flash_attn!r} is not one of {', '.join(FLASH_ATTN)}")
         if not 0 < self.n_ubatch <= self.n_batch <= self.n_ctx:
             raise DecoderError(f"need 0 < n_ubatch ({self.n_ubatch}) <= n_batch ({self.n_batch}) <= n_ctx ({self.n_ctx})")
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles (Linux): llama.cpp's AMX buffers crash quantized GLM-4 decodes there
+    (ggml-org/llama.cpp#20824, seen here on Sapphire Rapids), so they stay off."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
 
 
 def gpu_layers(device: str) -> int:
@@ -90,6 +101,9 @@ class Decoder:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = gpu_layers(options.device)
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        extra = options.extra_buffers if options.extra_buffers is not None else not cpu_has_amx()
+        mparams.use_extra_bufts = extra
+        self.extra_buffers = extra
         self._model = llama_cpp.llama_model_load_from_file(os.fsencode(gguf_path), mparams)
         if not self._model:
             raise DecoderError(f"{gguf_path}: llama.cpp could not load this GGUF (see the log above)")
