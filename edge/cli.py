@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from edge.errors import GlmEdgeError
+from edge.errors import BundleError, GlmEdgeError, InputError
+
+log = logging.getLogger("glm-edge")
 
 
 def _cmd_make_reference(args) -> None:
@@ -32,6 +35,205 @@ def _cmd_convert(args) -> None:
         projector_quant=args.projector_quant, progress=not args.quiet,
     )
     print(path)
+
+
+def _cmd_serve(args) -> None:
+    import threading
+
+    import uvicorn
+
+    from edge.demo import resolve_model
+    from edge.server import ServerSettings, create_app
+
+    bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet)
+    api_key = args.api_key or os.environ.get("GLM_EDGE_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("listening on %s without --api-key: anyone who can reach this address can use the model", args.host)
+    if args.media_dir is not None and not Path(args.media_dir).is_dir():
+        raise InputError(f"--media-dir {args.media_dir}: no such folder")
+    settings = ServerSettings(
+        bundle=bundle, model_name=args.model_name, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
+        media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
+        allow_remote_media=args.allow_remote_media, remote_timeout=args.remote_timeout,
+        max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, enable_thinking=args.thinking,
+        serve_page=not args.no_page, device=args.device, ctx_size=args.ctx_size, threads=args.threads,
+        n_batch=args.batch_size, n_ubatch=min(args.ubatch_size, args.batch_size), kv_type=args.kv_type,
+        flash_attn=args.flash_attn, vision_dtype=args.vision_dtype, verify=args.verify,
+    )
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    service = app.state.service
+    failed = threading.Event()
+
+    def stop_on_load_failure():
+        service.loaded.wait()
+        if service.status == "failed":
+            failed.set()
+            server.should_exit = True
+
+    threading.Thread(target=stop_on_load_failure, daemon=True).start()
+    print(f"glm-edge: serving {bundle} as {settings.model_name!r} on http://{args.host}:{args.port}", file=sys.stderr)
+    server.run()
+    if failed.is_set():
+        raise BundleError(f"the model failed to load: {service.load_error}")
+
+
+def _load_runtime(args):
+    from edge.demo import resolve_model
+    from edge.runtime import Runtime
+
+    bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet)
+    return Runtime.load(bundle, device=args.device, n_ctx=args.ctx_size, threads=args.threads,
+                        enable_thinking=args.thinking)
+
+
+def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
+    """`chat [BUNDLE] [PROMPT...]`: the first word is the bundle if it is an existing folder."""
+    if words and Path(words[0]).expanduser().is_dir():
+        return words[0], " ".join(words[1:]) or None
+    return None, " ".join(words) or None
+
+
+def _cmd_chat(args) -> None:
+    from edge.results import ChatDelta, ChatDone
+
+    args.bundle, prompt = _split_chat_args(args.words)
+    if args.model:
+        args.bundle = args.model
+    rt = _load_runtime(args)
+    color = sys.stdout.isatty() and not args.no_color
+    dim, reset = ("\033[2m", "\033[0m") if color else ("", "")
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
+                                   ("seed", args.seed)) if v is not None}
+
+    def turn(text: str, images: list[str]) -> None:
+        parts = [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
+        history.append({"role": "user", "content": parts if images else text})
+        in_reasoning = False
+        done = None
+        for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
+            if isinstance(event, ChatDelta):
+                if event.reasoning and not args.hide_reasoning:
+                    if not in_reasoning:
+                        sys.stdout.write(dim + ("" if color else "[reasoning] "))
+                        in_reasoning = True
+                    sys.stdout.write(event.reasoning)
+                if event.content or event.tool_calls:
+                    if in_reasoning:
+                        sys.stdout.write(reset + ("\n" if not color else "\n\n"))
+                        in_reasoning = False
+                    sys.stdout.write(event.content)
+                sys.stdout.flush()
+            elif isinstance(event, ChatDone):
+                done = event
+        if in_reasoning:
+            sys.stdout.write(reset + "\n")
+        sys.stdout.write("\n")
+        out = done.output
+        for call in out.tool_calls:
+            print(f"[tool call] {call.name}({call.arguments})")
+        for box in out.boxes:
+            px = ", ".join(f"{v:.0f}" for v in box.box_px) if box.box_px else "?"
+            print(f"[box] {box.label or '(unlabelled)'}: 0..1000 {list(box.box_1000)} -> pixels [{px}] on image {box.image_index}")
+        if args.stats:
+            u, t = done.usage, done.timings
+            print(f"{dim}[{u.prompt_tokens} prompt ({u.image_tokens} image, {u.cached_tokens} cached) + "
+                  f"{u.completion_tokens} generated tokens; {t.decode_tokens_per_second(u.completion_tokens):.1f} tok/s; "
+                  f"finish: {done.finish_reason}]{reset}", file=sys.stderr)
+        history.append({"role": "assistant", "content": out.content,
+                        **({"tool_calls": [c.to_openai() for c in out.tool_calls]} if out.tool_calls else {})})
+
+    try:
+        if prompt is not None:
+            turn(prompt, args.image or [])
+            return
+        print("glm-edge chat: type a message; /image PATH attaches an image to the next message, /reset clears the "
+              "conversation, /quit (or Ctrl-D) leaves.", file=sys.stderr)
+        pending = list(args.image or [])
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                print()
+                return
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                return
+            if line == "/reset":
+                del history[1 if args.system else 0:]
+                continue
+            if line.startswith("/image "):
+                pending.append(line[7:].strip())
+                continue
+            try:
+                turn(line, pending)
+            except GlmEdgeError as e:
+                history.pop()
+                print(f"glm-edge: error: {e}", file=sys.stderr)
+            pending = []
+    finally:
+        rt.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _cmd_info(args) -> None:
+    import json
+
+    from edge.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle, verify="size")
+    m = bundle.manifest
+    backends = {}
+    try:
+        import llama_cpp
+
+        backends["llama.cpp GPU offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except ImportError as e:  # pragma: no cover - llama-cpp-python is a dependency
+        backends["llama.cpp"] = f"unavailable ({e})"
+    try:
+        import onnxruntime
+
+        backends["onnxruntime providers"] = onnxruntime.get_available_providers()
+    except ImportError as e:  # pragma: no cover
+        backends["onnxruntime"] = f"unavailable ({e})"
+    files = [m["decoder"], m["projector"]] + [f for v in m["vision"].values() for f in v["files"]]
+    if args.json:
+        print(json.dumps({"path": str(bundle.path), "manifest": m, "backends": backends}, indent=2))
+        return
+    model = m.get("model", {})
+    print(f"bundle        {bundle.path}")
+    print(f"format        {m['format']} v{m['format_version']}, converter {m.get('converter_version')}, "
+          f"created {m.get('created')}")
+    print(f"source        {m.get('source', {}).get('architecture')} ({m.get('source', {}).get('folder')}), "
+          f"config sha256 {str(m.get('source', {}).get('config_sha256'))[:16]}")
+    print(f"model         text {model.get('text_layers')} layers x {model.get('text_hidden_size')}, "
+          f"vocab {model.get('vocab_size')}, context {model.get('context_length')}; vision depth "
+          f"{model.get('vision_depth')} x {model.get('vision_hidden_size')}")
+    print(f"decoder       {m['decoder']['path']}  {m['decoder'].get('quant')}  {_human(m['decoder']['bytes'])}")
+    print(f"projector     {m['projector']['path']}  {m['projector'].get('quant')}  {_human(m['projector']['bytes'])}")
+    for dtype, variant in m["vision"].items():
+        size = sum(f["bytes"] for f in variant["files"])
+        print(f"vision        {dtype}: {', '.join(f['path'] for f in variant['files'])}  {_human(size)}")
+    print(f"total         {_human(sum(f['bytes'] for f in files))}")
+    gen = m.get("generation") or {}
+    if gen:
+        keys = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
+        print("sampling      " + ", ".join(f"{k}={gen[k]}" for k in keys if k in gen))
+    for name, value in backends.items():
+        print(f"backend       {name}: {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +261,100 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--quiet", action="store_true")
     conv.set_defaults(func=_cmd_convert)
 
+    _add_serve(sub)
+    _add_chat(sub)
+
+    info = sub.add_parser("info", help="print a bundle's manifest, file sizes and the backends available")
+    info.add_argument("bundle", help="bundle folder")
+    info.add_argument("--json", action="store_true", help="print everything as JSON")
+    info.set_defaults(func=_cmd_info)
     return parser
+
+
+def _add_runtime_args(p) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "metal", "cuda"], default="auto",
+                   help="where the decoder runs (auto: GPU offload when this llama.cpp build has it)")
+    p.add_argument("--ctx-size", type=int, default=8192, help="context window in tokens (text + image tokens)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True,
+                   help="reasoning on by default (a request can still choose)")
+    p.add_argument("--quant", default="Q4_K_M", type=str.upper,
+                   help="decoder type when PATH is an HF checkpoint that must be converted first")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API and the chat page",
+                       description="Serve a bundle (or an HF checkpoint folder, converted once; or, without PATH, "
+                                   "the tiny demo model) on an OpenAI-compatible HTTP API.")
+    p.add_argument("path", nargs="?", default=None, help="bundle or HF checkpoint folder (default: demo bundle)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env GLM_EDGE_API_KEY)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="allow browser requests from this origin (repeatable; default: no CORS)")
+    p.add_argument("--media-dir", default=None, help="folder whose files requests may reference by path or file://")
+    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs (off by default)")
+    p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds allowed for one remote image")
+    p.add_argument("--max-images", type=int, default=16, help="images per request")
+    p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size of one image")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
+    p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
+    p.add_argument("--batch-size", type=int, default=512, help="llama.cpp n_batch")
+    p.add_argument("--ubatch-size", type=int, default=512, help="llama.cpp n_ubatch")
+    p.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16", help="KV cache type")
+    p.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--vision-dtype", default=None, help="vision encoder variant (default: the bundle's first)")
+    p.add_argument("--verify", choices=["auto", "full", "size"], default="auto", help="bundle hash check at load")
+    p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_runtime_args(p)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="chat in the terminal (one prompt, or interactive without one)",
+                       description="glm-edge chat [BUNDLE] [PROMPT...] [--image a.png]: the first word is taken as "
+                                   "the bundle when it is an existing folder; without a prompt, an interactive session.")
+    p.add_argument("words", nargs="*", help="[BUNDLE] PROMPT")
+    p.add_argument("--model", default=None, help="bundle or HF checkpoint folder (instead of the first word)")
+    p.add_argument("--image", action="append", default=None, help="image file to attach (repeatable)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
+    p.add_argument("--no-color", action="store_true")
+    _add_runtime_args(p)
+    p.set_defaults(func=_cmd_chat)
+
+
+def _quiet_llama():
+    """Route llama.cpp's log to stderr for warnings and errors only; returns the callback (keep it alive)."""
+    import ctypes
+
+    import llama_cpp
+
+    def log_cb(level, text, _user):
+        if level in (3, 4) and text:  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    callback = llama_cpp.llama_log_callback(log_cb)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep = None
+    if not args.verbose:
+        logging.getLogger("gguf").setLevel(logging.WARNING)
+        if args.command in ("serve", "chat"):
+            keep = _quiet_llama()  # noqa: F841  (the C side holds only a pointer)
     try:
         args.func(args)
     except GlmEdgeError as e:

@@ -1,0 +1,238 @@
+"""Pydantic models of the OpenAI-compatible API (requests validated here; responses documented here).
+
+Requests ignore fields they do not know (as OpenAI's own server does for forward compatibility); fields we
+know but cannot honour (`n > 1`, `logprobs`) are refused by the request planner with a clear 400.
+Content parts: `text`, `image_url` ({url, detail: low|high|auto, and the extensions max_tokens /
+min_tokens: the image's token budget}) and `image` ({image: data URL or path}, the model family's own
+spelling). Numbers are finite (NaN/Infinity refused).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_INT = 2**31 - 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+# --- request ---------------------------------------------------------------------------------------
+
+
+class TextPart(_Model):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Model):
+    url: str = Field(min_length=1)
+    detail: Literal["low", "high", "auto"] = "auto"
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT, description="extension: most LLM tokens for this image")
+    min_tokens: int | None = Field(None, ge=1, le=MAX_INT, description="extension: fewest LLM tokens for this image")
+
+
+class ImageUrlPart(_Model):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class ImagePart(_Model):
+    """The model family's spelling: {"type": "image", "image": "<data URL or path>"}."""
+
+    type: Literal["image"]
+    image: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    min_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Model):
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] = "{}"
+
+
+class AssistantToolCall(_Model):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Model):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = Field(None, description="extension: an earlier assistant turn's reasoning")
+
+
+class FunctionDef(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Model):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Model):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(_Model):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Model):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class StreamOptions(_Model):
+    include_usage: bool = False
+
+
+class ThinkingOption(_Model):
+    """Z.ai's convention: {"type": "enabled" | "disabled"}."""
+
+    type: Literal["enabled", "disabled"]
+
+
+class ChatCompletionRequest(_Model):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1_000_000, description="extension")
+    min_p: float | None = Field(None, ge=0, le=1, description="extension")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="extension")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT)
+    n: int | None = Field(None, ge=1, le=128)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='extension (vLLM/SGLang): {"enable_thinking": false} turns reasoning off')
+    thinking: ThinkingOption | None = Field(None, description="extension (Z.ai): thinking on/off")
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+# --- responses (documentation; the server writes these shapes as plain dicts) -----------------------
+
+
+class FunctionOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
+
+
+class BoxOut(BaseModel):
+    """A grounding box found in the answer: 0..1000 as the model wrote it, and pixels on the original image."""
+
+    label: str
+    box_1000: list[float]
+    box_px: list[float] | None
+    image_index: int | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    boxes: list[BoxOut] | None = Field(None, description="extension: grounding boxes")
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+    image_tokens: int = Field(description="extension: prompt tokens that are image embeddings")
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class TimingsOut(BaseModel):
+    queue_ms: float
+    preprocess_ms: float
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    first_token_ms: float
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[Choice]
+    usage: UsageOut
+    timings: TimingsOut = Field(description="extension: per-stage timings")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
