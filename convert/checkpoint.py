@@ -19,6 +19,14 @@ from edge.errors import CheckpointError
 
 ACCEPTED_ARCHITECTURES = {"Glm4vForConditionalGeneration", "Glm46VForConditionalGeneration"}
 ACCEPTED_MODEL_TYPES = {"glm4v", "glm46v"}
+# Older checkpoints (transformers 4.x saves of GLM-4.1V/4.6V) spell the prefixes differently; tensors are
+# indexed under the transformers 5 names.
+LEGACY_PREFIXES = (
+    ("visual.", "model.visual."),
+    ("model.layers.", "model.language_model.layers."),
+    ("model.embed_tokens.", "model.language_model.embed_tokens."),
+    ("model.norm.", "model.language_model.norm."),
+)
 _DTYPES = {"BF16": None, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 _ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 
@@ -210,6 +218,13 @@ def _read_header(file: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def canonical_name(name: str) -> str:
+    for old, new in LEGACY_PREFIXES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
 class Checkpoint:
     """A validated HF checkpoint folder with lazy float32 tensor access."""
 
@@ -243,7 +258,7 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{self.path}: {len(missing)} tensors of the index are in no shard (first: {missing[0]})"
                 )
-        return tensors
+        return {canonical_name(name): info for name, info in tensors.items()}
 
     def has(self, name: str) -> bool:
         return name in self.tensors
