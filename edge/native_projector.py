@@ -3,7 +3,8 @@
 `NativeProjector(path, device="auto", threads=None)` has the call interface of `edge.projector.Projector`:
 `__call__([N, hidden] float32) -> [N / merge^2, out_hidden] float32`, plus `hidden_size`, `out_hidden_size`,
 `intermediate_size`, `merge`, `eps`, `types` and `path`; and `backend` (ggml's name for the device doing
-the work: "CPU", "CUDA0", "MTL0", ...), `device_description`, `weight_bytes`.
+the work: "CPU", "CUDA0", "MTL0", ...), `device_description`, `weight_bytes`, `weight_buffers` (ggml buffer types holding the weights: "CPU",
+"CPU,AMX", "CUDA0", ...).
 
 The shared library is `native/build/libglm_edge_projector.{so,dylib}` next to this package (a source or
 editable install; `make native` builds it) or the file named by `$GLM_EDGE_NATIVE_LIB`. It links the ggml of
@@ -58,6 +59,7 @@ _SIGNATURES = {  # name: (restype, argtypes)
     "gep_merge_size": (_c.c_int64, [_c.c_void_p]),
     "gep_layer_norm_eps": (_c.c_float, [_c.c_void_p]),
     "gep_weight_bytes": (_c.c_size_t, [_c.c_void_p]),
+    "gep_weight_buffers": (_c.c_char_p, [_c.c_void_p]),
     "gep_chunk_rows": (_c.c_int64, [_c.c_void_p]),
     "gep_n_tensors": (_c.c_int, [_c.c_void_p]),
     "gep_tensor_name": (_c.c_char_p, [_c.c_void_p, _c.c_int]),
@@ -135,6 +137,7 @@ class NativeProjector:
         self.backend = lib.gep_backend_name(h).decode()
         self.device_description = lib.gep_device_description(h).decode()
         self.weight_bytes = int(lib.gep_weight_bytes(h))
+        self.weight_buffers = lib.gep_weight_buffers(h).decode()
         self.chunk_rows = int(lib.gep_chunk_rows(h))
         self.types = {lib.gep_tensor_name(h, i).decode(): lib.gep_tensor_type(h, i).decode()
                       for i in range(lib.gep_n_tensors(h))}

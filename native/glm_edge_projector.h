@@ -57,6 +57,8 @@ GEP_API int64_t gep_intermediate_size(const gep_projector * p);
 GEP_API int64_t gep_merge_size(const gep_projector * p);
 GEP_API float gep_layer_norm_eps(const gep_projector * p);
 GEP_API size_t gep_weight_bytes(const gep_projector * p);
+/* The ggml buffer types holding the weights, comma-separated ("CPU", "CPU,AMX", "CUDA0", ...). */
+GEP_API const char * gep_weight_buffers(const gep_projector * p);
 GEP_API int64_t gep_chunk_rows(const gep_projector * p); /* merged rows computed per graph */
 
 GEP_API int gep_n_tensors(const gep_projector * p);

@@ -30,6 +30,7 @@
 #define DEFAULT_CHUNK 1024 /* merged rows per graph: bounds the [chunk, intermediate] temporaries */
 #define GRAPH_NODES 64
 #define ERR_LEN 512
+#define MAX_BUFTS 8
 
 enum {
     T_DS_W, T_DS_B, T_PROJ_W, T_PROJ_B, T_LN_W, T_LN_B, T_GATE_W, T_GATE_B, T_UP_W, T_UP_B, T_DOWN_W, T_DOWN_B,
@@ -49,9 +50,12 @@ static const bool TENSOR_OPTIONAL[T_COUNT] = {
 struct gep_projector {
     int64_t hidden, out, inter, merge, chunk;
     float eps;
-    struct ggml_context * wctx;    /* weight tensors (data in wbuf) */
-    struct gguf_context * gguf;    /* kept for tensor names/types */
-    ggml_backend_buffer_t wbuf;
+    struct ggml_context * meta;    /* gguf's tensors: metadata only, never allocated */
+    struct gguf_context * gguf;    /* kept for tensor names/types and file offsets */
+    int n_bufs;                    /* weight groups: one per buffer type in use */
+    struct ggml_context * wctx[MAX_BUFTS];
+    ggml_backend_buffer_t wbuf[MAX_BUFTS];
+    char buft_names[256];
     ggml_backend_t backend;        /* the device doing the work */
     ggml_backend_t cpu;            /* fallback for ops the device lacks; == backend on CPU */
     ggml_backend_sched_t sched;
@@ -211,7 +215,7 @@ static bool check_tensors(gep_projector * p, const char * path, char * err, size
         {p->inter, p->out}, {p->inter, 0}, {p->inter, p->out}, {p->inter, 0}, {p->out, p->inter}, {p->out, 0},
     };
     for (int i = 0; i < T_COUNT; i++) {
-        struct ggml_tensor * t = ggml_get_tensor(p->wctx, TENSOR_NAMES[i]);
+        struct ggml_tensor * t = ggml_get_tensor(p->meta, TENSOR_NAMES[i]);
         p->w[i] = t;
         if (!t) {
             if (TENSOR_OPTIONAL[i]) continue;
@@ -243,16 +247,93 @@ static bool check_tensors(gep_projector * p, const char * path, char * err, size
 
 /* --- weights ------------------------------------------------------------------------------------------- */
 
-static bool load_weights(gep_projector * p, const char * path, char * err, size_t len) {
-    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(p->backend);
-    p->wbuf = ggml_backend_alloc_ctx_tensors_from_buft(p->wctx, buft);
-    if (!p->wbuf) {
-        set_err(err, len, "%s: could not allocate %.1f MiB for the projector weights on %s", path,
-                ggml_backend_alloc_ctx_tensors_from_buft_size(p->wctx, buft) / 1048576.0, p->backend_name);
-        return false;
+/* On the CPU, ggml offers "extra" buffer types for matrices (AMX tiles on recent Xeons, repacked Q8_0/Q4_0
+ * for ARM dot-product/i8mm kernels, ...): the same placement llama.cpp makes for its own weights. A matrix
+ * goes to the first extra type whose kernel supports a mul_mat of it, else to the device's default. */
+static bool extra_buft_supports(ggml_backend_dev_t dev, ggml_backend_buffer_type_t buft, const struct ggml_tensor * w,
+                                int64_t rows) {
+    struct ggml_init_params params = {ggml_tensor_overhead() * 4, NULL, true};
+    struct ggml_context * ctx = ggml_init(params);
+    if (!ctx) return false;
+    struct ggml_tensor * wt = ggml_dup_tensor(ctx, w);
+    struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w->ne[0], rows);
+    struct ggml_tensor * op = ggml_mul_mat(ctx, wt, x);
+    ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(buft, 0);
+    bool ok = false;
+    if (dummy) {
+        wt->buffer = dummy;
+        ok = ggml_backend_dev_supports_op(dev, op);
+        ggml_backend_buffer_free(dummy);
     }
-    ggml_backend_buffer_set_usage(p->wbuf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
-    const bool host = ggml_backend_buft_is_host(buft);
+    ggml_free(ctx);
+    return ok;
+}
+
+static bool place_weights(gep_projector * p, ggml_backend_buffer_type_t * bufts, char * err, size_t len) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(p->backend);
+    int n = 0;
+    bufts[n++] = ggml_backend_get_default_buffer_type(p->backend);
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU && !getenv("GLM_EDGE_NO_EXTRA_BUFTS")) {
+        ggml_backend_dev_get_extra_bufts_t get_extra = (ggml_backend_dev_get_extra_bufts_t)
+            ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts");
+        ggml_backend_buffer_type_t * extra = get_extra ? get_extra(dev) : NULL;
+        for (; extra && *extra && n < MAX_BUFTS; extra++) {
+            /* ggml's AMX tile kernels die with SIGILL where the CPU reports AMX but the hypervisor does not
+             * give the guest the tile state (seen in a Firecracker VM): opt in with GLM_EDGE_CPU_AMX=1. */
+            if (strcmp(ggml_backend_buft_name(*extra), "AMX") == 0 && !getenv("GLM_EDGE_CPU_AMX")) continue;
+            bufts[n++] = *extra;
+        }
+    }
+    const int64_t n_tensors = gguf_get_n_tensors(p->gguf);
+    const size_t ctx_size = ggml_tensor_overhead() * (size_t)(n_tensors + 1);
+    for (int b = 0; b < n; b++) {
+        struct ggml_init_params params = {ctx_size, NULL, true};
+        p->wctx[b] = ggml_init(params);
+        if (!p->wctx[b]) {
+            set_err(err, len, "out of memory");
+            return false;
+        }
+    }
+    p->n_bufs = n;
+    for (int64_t i = 0; i < n_tensors; i++) {
+        struct ggml_tensor * src = ggml_get_tensor(p->meta, gguf_get_tensor_name(p->gguf, i));
+        int slot = -1;
+        for (int k = 0; k < T_COUNT; k++) {
+            if (p->w[k] == src) slot = k;
+        }
+        if (slot < 0) continue; /* a tensor this runtime does not use */
+        int b = 0;
+        for (int e = 1; e < n && src->ne[1] > 1; e++) {
+            if (extra_buft_supports(dev, bufts[e], src, p->chunk)) {
+                b = e;
+                break;
+            }
+        }
+        struct ggml_tensor * t = ggml_dup_tensor(p->wctx[b], src);
+        ggml_set_name(t, ggml_get_name(src));
+        p->w[slot] = t;
+    }
+    return true;
+}
+
+static bool load_weights(gep_projector * p, const char * path, char * err, size_t len) {
+    ggml_backend_buffer_type_t bufts[MAX_BUFTS];
+    if (!place_weights(p, bufts, err, len)) return false;
+    size_t names_used = 0;
+    for (int b = 0; b < p->n_bufs; b++) {
+        if (!ggml_get_first_tensor(p->wctx[b])) continue;
+        p->wbuf[b] = ggml_backend_alloc_ctx_tensors_from_buft(p->wctx[b], bufts[b]);
+        if (!p->wbuf[b]) {
+            set_err(err, len, "%s: could not allocate %.1f MiB for the projector weights in %s", path,
+                    ggml_backend_alloc_ctx_tensors_from_buft_size(p->wctx[b], bufts[b]) / 1048576.0,
+                    ggml_backend_buft_name(bufts[b]));
+            return false;
+        }
+        ggml_backend_buffer_set_usage(p->wbuf[b], GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        int w = snprintf(p->buft_names + names_used, sizeof p->buft_names - names_used, "%s%s",
+                         names_used ? "," : "", ggml_backend_buft_name(bufts[b]));
+        if (w > 0 && (size_t)w < sizeof p->buft_names - names_used) names_used += (size_t)w;
+    }
 
     FILE * f = fopen(path, "rb");
     if (!f) {
@@ -263,40 +344,44 @@ static bool load_weights(gep_projector * p, const char * path, char * err, size_
     void * tmp = NULL;
     size_t tmp_size = 0;
     const size_t data_offset = gguf_get_data_offset(p->gguf);
-    for (int64_t i = 0; ok && i < gguf_get_n_tensors(p->gguf); i++) {
-        const char * name = gguf_get_tensor_name(p->gguf, i);
-        struct ggml_tensor * t = ggml_get_tensor(p->wctx, name);
-        const size_t n = t ? ggml_nbytes(t) : 0;
-        if (!t || gguf_get_tensor_size(p->gguf, i) != n) {
-            set_err(err, len, "%s: tensor %s has an inconsistent size", path, name);
+    for (int k = 0; ok && k < T_COUNT; k++) {
+        struct ggml_tensor * t = p->w[k];
+        if (!t) continue;
+        const int64_t i = gguf_find_tensor(p->gguf, TENSOR_NAMES[k]);
+        const size_t n = ggml_nbytes(t);
+        if (i < 0 || gguf_get_tensor_size(p->gguf, i) != n) {
+            set_err(err, len, "%s: tensor %s has an inconsistent size", path, TENSOR_NAMES[k]);
             ok = false;
             break;
         }
         if (fseeko(f, (off_t)(data_offset + gguf_get_tensor_offset(p->gguf, i)), SEEK_SET) != 0) {
-            set_err(err, len, "%s: cannot seek to tensor %s (truncated file?)", path, name);
+            set_err(err, len, "%s: cannot seek to tensor %s (truncated file?)", path, TENSOR_NAMES[k]);
             ok = false;
             break;
         }
+        /* host buffers of the plain layout take the bytes directly; others (device memory, repacked or
+         * AMX layouts) convert them in ggml_backend_tensor_set */
+        const bool direct = ggml_backend_buffer_get_type(t->buffer) == bufts[0] && ggml_backend_buft_is_host(bufts[0]);
         void * dst = t->data;
-        if (!host) {
+        if (!direct) {
             if (n > tmp_size) {
                 free(tmp);
                 tmp = malloc(n);
                 tmp_size = tmp ? n : 0;
             }
             if (!tmp) {
-                set_err(err, len, "%s: out of host memory reading tensor %s", path, name);
+                set_err(err, len, "%s: out of host memory reading tensor %s", path, TENSOR_NAMES[k]);
                 ok = false;
                 break;
             }
             dst = tmp;
         }
         if (fread(dst, 1, n, f) != n) {
-            set_err(err, len, "%s: file ends inside tensor %s (truncated file)", path, name);
+            set_err(err, len, "%s: file ends inside tensor %s (truncated file)", path, TENSOR_NAMES[k]);
             ok = false;
             break;
         }
-        if (!host) ggml_backend_tensor_set(t, tmp, 0, n);
+        if (!direct) ggml_backend_tensor_set(t, tmp, 0, n);
     }
     free(tmp);
     fclose(f);
@@ -363,7 +448,7 @@ gep_projector * gep_load(const char * path, const char * device, int n_threads, 
         return NULL;
     }
     p->chunk = DEFAULT_CHUNK;
-    struct gguf_init_params gparams = {true, &p->wctx};
+    struct gguf_init_params gparams = {true, &p->meta};
     p->gguf = gguf_init_from_file(path, gparams);
     if (!p->gguf) {
         FILE * f = fopen(path, "rb");
@@ -468,10 +553,13 @@ const char * gep_last_error(const gep_projector * p) { return p ? p->err : "null
 void gep_free(gep_projector * p) {
     if (!p) return;
     if (p->sched) ggml_backend_sched_free(p->sched);
-    if (p->wbuf) ggml_backend_buffer_free(p->wbuf);
     if (p->cpu && p->cpu != p->backend) ggml_backend_free(p->cpu);
     if (p->backend) ggml_backend_free(p->backend);
-    if (p->wctx) ggml_free(p->wctx);
+    for (int i = 0; i < p->n_bufs; i++) {
+        if (p->wbuf[i]) ggml_backend_buffer_free(p->wbuf[i]);
+        if (p->wctx[i]) ggml_free(p->wctx[i]);
+    }
+    if (p->meta) ggml_free(p->meta);
     if (p->gguf) gguf_free(p->gguf);
     free(p->graph_mem);
     free(p);
@@ -484,7 +572,12 @@ int64_t gep_out_hidden_size(const gep_projector * p) { return p ? p->out : 0; }
 int64_t gep_intermediate_size(const gep_projector * p) { return p ? p->inter : 0; }
 int64_t gep_merge_size(const gep_projector * p) { return p ? p->merge : 0; }
 float gep_layer_norm_eps(const gep_projector * p) { return p ? p->eps : 0.0f; }
-size_t gep_weight_bytes(const gep_projector * p) { return p && p->wbuf ? ggml_backend_buffer_get_size(p->wbuf) : 0; }
+size_t gep_weight_bytes(const gep_projector * p) {
+    size_t n = 0;
+    for (int i = 0; p && i < p->n_bufs; i++) n += p->wbuf[i] ? ggml_backend_buffer_get_size(p->wbuf[i]) : 0;
+    return n;
+}
+const char * gep_weight_buffers(const gep_projector * p) { return p ? p->buft_names : ""; }
 int64_t gep_chunk_rows(const gep_projector * p) { return p ? p->chunk : 0; }
 int gep_n_tensors(const gep_projector * p) { return p ? (int)gguf_get_n_tensors(p->gguf) : 0; }
 
