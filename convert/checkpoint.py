@@ -272,16 +272,33 @@ class Checkpoint:
         except KeyError:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint") from None
 
-    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Tensor `name` as a new float32 array; `shape`, when given, is checked."""
+    def _checked(self, name: str, shape: tuple[int, ...] | None) -> TensorInfo:
         info = self._info(name)
         if shape is not None and tuple(shape) != info.shape:
             raise CheckpointError(
                 f"{self.path}: tensor {name} has shape {list(info.shape)}, expected {list(shape)} from config.json"
             )
-        raw = np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.start, shape=(info.nbytes,))
+        return info
+
+    def _raw(self, info: TensorInfo) -> np.ndarray:
+        return np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.start, shape=(info.nbytes,))
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Tensor `name` as a new float32 array; `shape`, when given, is checked."""
+        info = self._checked(name, shape)
+        raw = self._raw(info)
         if info.dtype == "BF16":
             out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
             out = raw.view(_DTYPES[info.dtype]).astype(np.float32)
         return out.reshape(info.shape)
+
+    def get_bf16_bits(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Tensor `name` as bf16 bit patterns (uint16): a read-only file mapping when stored as BF16, so
+        copying a 151552 x 4096 embedding to a BF16 GGUF never holds it in RAM as float32."""
+        info = self._checked(name, shape)
+        if info.dtype == "BF16":
+            return self._raw(info).view(np.uint16).reshape(info.shape)
+        from convert.safetensors_writer import to_bf16_bits
+
+        return to_bf16_bits(self.get(name)).reshape(info.shape)

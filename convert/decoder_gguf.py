@@ -71,11 +71,12 @@ def tensor_map(spec: ModelSpec) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
-def _loader(ckpt: Checkpoint, gguf_name: str, hf_name: str, shape) -> Callable[[], np.ndarray]:
+def _loader(ckpt: Checkpoint, gguf_name: str, hf_name: str, shape, bf16_bits: bool) -> Callable[[], np.ndarray]:
+    """Load one tensor as float32, or as bf16 bits when writing BF16 matrices; Q/K rows permuted."""
     t = ckpt.spec.text
 
     def load() -> np.ndarray:
-        data = ckpt.get(hf_name, shape)
+        data = ckpt.get_bf16_bits(hf_name, shape) if bf16_bits else ckpt.get(hf_name, shape)
         if gguf_name.startswith("blk.") and gguf_name.split(".")[2] in ("attn_q", "attn_k"):
             data = interleaved_to_neox(data, t.head_dim, t.rotary_dims)
         return data
@@ -83,13 +84,16 @@ def _loader(ckpt: Checkpoint, gguf_name: str, hf_name: str, shape) -> Callable[[
     return load
 
 
-def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Tensor bytes for the file; bf16 bit arrays (uint16) pass through unchanged."""
+    if data.dtype == np.uint16:
+        return data
     # 1-D tensors (norms, biases) stay F32 in every file type, as llama.cpp's own converter does.
     if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
-        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
+        return data.astype(np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
-        return data.astype(np.float16), qtype
-    return gguf.quants.quantize(data, qtype), qtype
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, qtype)
 
 
 def write_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, quant: str, converter_version: str):
@@ -135,9 +139,10 @@ def config_sha256(ckpt: Checkpoint) -> str:
     return hashlib.sha256((ckpt.path / "config.json").read_bytes()).hexdigest()
 
 
-def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...]]]:
+def iter_tensors(ckpt: Checkpoint, quant: str) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...]]]:
     for gguf_name, hf_name, shape in tensor_map(ckpt.spec):
-        yield gguf_name, _loader(ckpt, gguf_name, hf_name, shape), shape
+        bf16_bits = quant == "BF16" and len(shape) > 1
+        yield gguf_name, _loader(ckpt, gguf_name, hf_name, shape, bf16_bits), shape
 
 
 def write_float_gguf(ckpt: Checkpoint, path: Path, quant: str, converter_version: str, progress=None) -> None:
@@ -148,7 +153,7 @@ def write_float_gguf(ckpt: Checkpoint, path: Path, quant: str, converter_version
     try:
         write_metadata(writer, ckpt, vocab, quant, converter_version)
         loaders = []
-        for name, load, shape in iter_tensors(ckpt):
+        for name, load, shape in iter_tensors(ckpt, quant):
             n = int(np.prod(shape))
             is_vector = len(shape) == 1
             dtype = gguf.GGMLQuantizationType.F32 if is_vector else qtype
@@ -159,7 +164,7 @@ def write_float_gguf(ckpt: Checkpoint, path: Path, quant: str, converter_version
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for load, n in loaders:
-            data, _ = _encode(load(), qtype)
+            data = _encode(load(), qtype)
             writer.write_tensor_data(np.ascontiguousarray(data).view(np.uint8))
             if progress is not None:
                 progress.update(n)
