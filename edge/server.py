@@ -475,14 +475,6 @@ def create_app(settings: ServerSettings, runtime_factory: Callable[[ServerSettin
         async def page():
             return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
-        @app.get("/static/{name}", include_in_schema=False)
-        async def static(name: str):
-            allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}
-            if name not in allowed:
-                raise ApiError(404, f"no static file {name!r}", "not_found")
-            media = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}.get(allowed[name].suffix,
-                                                                                           "application/octet-stream")
-            return Response(allowed[name].read_bytes(), media_type=media)
 
     return app
 

@@ -1,0 +1,196 @@
+"""Helpers for the server tests: real uvicorn servers on 127.0.0.1 (in a thread or a subprocess), a scripted
+engine (test double of `edge.generate.Engine`), SSE parsing and image data URLs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "glm-4.6v-flash"
+# Exact, deterministic runtime options for servers whose outputs are compared with a reference.
+EXACT = dict(device="cpu", kv_type="f32", flash_attn="off", threads=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def wait_ready(base: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{base} not ready after {timeout} s")
+
+
+class ThreadServer:
+    """uvicorn serving `app` on 127.0.0.1:<free port> in a daemon thread."""
+
+    def __init__(self, app, wait: bool = True):
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=3))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.wait = wait
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        if self.wait:
+            wait_ready(self.base)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    @property
+    def service(self):
+        return self.app.state.service
+
+
+@contextmanager
+def subprocess_server(bundle: Path, *args: str, log_path: Path | None = None):
+    """`python -m edge.cli serve BUNDLE --port P ...` as a child process; yields (base_url, Popen)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "edge.cli", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--quiet", *args]
+    log = open(log_path or os.devnull, "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, 90, proc)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+
+
+def sse_events(response: httpx.Response) -> list:
+    """Parsed `data:` payloads of an SSE response (`[DONE]` kept as the string)."""
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+# --- the scripted engine ----------------------------------------------------------------------------
+
+
+@dataclass
+class FakePrefill:
+    cells: int
+    reused: int = 0
+    seconds: float = 0.0
+
+
+class ScriptedEngine:
+    """Replaces `runtime.engine`: prefill only counts, stream yields scripted text pieces.
+
+    `script` is a list of pieces, or a callable(params) -> list (to vary per request). `delay` seconds pass
+    before each piece; `gate` (a threading.Event) if given must be set before the first piece; `log` records
+    (max_tokens, "start"/"closed"/"done") per generation.
+    """
+
+    def __init__(self, script, reason: str = "stop", delay: float = 0.0, gate: threading.Event | None = None):
+        self.script = script
+        self.reason = reason
+        self.delay = delay
+        self.gate = gate
+        self.log: list[tuple] = []
+        self.prefills = 0
+        self.last_entries: list = []
+        self.last_params = None
+
+    def prefill(self, entries, embed, reuse=True):
+        self.prefills += 1
+        self.last_entries = list(entries)
+        return FakePrefill(sum(e.n_cells for e in entries))
+
+    def stream(self, params, state):
+        self.last_params = params
+        pieces = self.script(params) if callable(self.script) else self.script
+        self.log.append((params.max_tokens, "start"))
+        finished = False
+        try:
+            if self.gate is not None:
+                while not self.gate.wait(0.01):
+                    pass
+            for piece in pieces:
+                if self.delay:
+                    time.sleep(self.delay)
+                if len(state.tokens) >= params.max_tokens:
+                    state.reason = "length"
+                    finished = True
+                    return
+                state.tokens.append(0)
+                yield piece
+            state.reason = self.reason
+            finished = True
+        finally:
+            self.log.append((params.max_tokens, "done" if finished else "closed"))
+
+
+def scripted_app(bundle: Path, engine: ScriptedEngine, **settings):
+    """An app whose runtime is the real tiny bundle with `engine` in place of the llama.cpp engine."""
+    from edge.runtime import Runtime
+    from edge.server import ServerSettings, create_app
+
+    def factory(s):
+        rt = Runtime.load(s.bundle, n_ctx=s.ctx_size, enable_thinking=s.enable_thinking, **EXACT)
+        rt.engine = engine
+        return rt
+
+    return create_app(ServerSettings(bundle=bundle, **settings), factory)
+
+
+def prompt_text(runtime, entries) -> str:
+    """The text of the prompt's text entries (images as <|image|>), detokenised with special tokens."""
+    out = []
+    for e in entries:
+        if e.image_key is not None:
+            out.append("<|image|>")
+        else:
+            out.append(b"".join(runtime.decoder.token_bytes(t) for t in e.tokens).decode("utf-8", "replace"))
+    return "".join(out)
