@@ -142,7 +142,7 @@ def _decoder_choice(device: str, llama: dict) -> dict[str, Any]:
                 "why": f"llama-cpp-python built without GPU offload (no {device}); reinstall with "
                        f"`make serve BACKEND={device}`"}
     if not mine:
-        built = _family_devices(devices, family) or family.lower() in [b.lower() for b in llama["backend_libraries"]]
+        built = device.lower() in [b.lower() for b in llama["backend_libraries"]]  # libggml-<device>.so
         why = (f"llama-cpp-python has the {family} backend but ggml found no {device} device" if built
                else f"llama-cpp-python built without {device} (it offloads to {', '.join(g['name'] for g in gpus) or 'nothing'})")
         return {"ok": False, "uses": None, "n_gpu_layers": None, "why": why}
