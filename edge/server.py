@@ -126,18 +126,38 @@ def error_from_exception(error: BaseException) -> tuple[int, dict]:
     return 500, error_body(500, f"internal error ({type(error).__name__}); see the server log", "internal_error")
 
 
+def _clean_loc(loc) -> str:
+    """pydantic's error location as an OpenAI param path (`messages[0].content[1].image_url.detail`), without
+    the union-member tags pydantic inserts."""
+    parts, drop_tag = [], False
+    for p in loc:
+        if p == "body":
+            continue
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+            continue
+        if drop_tag:  # the discriminator value that follows a tagged-union list index
+            drop_tag = False
+            continue
+        if "[" in p or p in ("str", "int", "float", "bool", "none") or p[:1].isupper() or p.startswith("function-"):
+            drop_tag = "tagged-union" in p
+            continue
+        parts.append(("." if parts else "") + p)
+    return "".join(parts)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request body", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
         return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
-    param = ".".join(loc) or None
+    # the most specific problem: union alternatives that failed on their type are less useful
+    first = max(errors, key=lambda e: (len(e.get("loc", ())), e.get("type") not in ("string_type", "list_type")))
+    param = _clean_loc(first.get("loc", ())) or None
     where = f" at {param}" if param else ""
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"invalid request{where}: {first.get('msg')}{more}", param
+    return f"invalid request{where}: {first.get('msg')}", param
 
 
 # --- the service behind the routes ---------------------------------------------------------------------
@@ -367,8 +387,11 @@ def create_app(settings: ServerSettings, runtime_factory: Callable[[ServerSettin
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, error_body(exc.status_code, str(exc.detail), code),
+        code = {400: "invalid_request_error", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "the request body could not be parsed as JSON (malformed, or nested too deeply)"
+        return error_response(exc.status_code, error_body(exc.status_code, message, code),
                               getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
