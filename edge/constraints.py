@@ -167,4 +167,13 @@ def build_grammar(*, json_schema: dict | None = None, json_mode: bool = False, t
     if think:
         lines.append(THINK_RULES)
     lines.append(conv.format_grammar())
-    return "\n".join(lines) + "\n"
+    return "\n".join(_strict_json_chars(line) for line in lines) + "\n"
+
+
+# The converter's string character rule lets raw control characters into JSON strings (invalid JSON);
+# llama.cpp's own newer converter excludes them, as this does.
+_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+
+
+def _strict_json_chars(text: str) -> str:
+    return "\n".join(_CHAR_RULE if line.startswith("char ::= ") else line for line in text.split("\n"))
