@@ -275,7 +275,7 @@ def _add_runtime_args(p) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "metal", "cuda"], default="auto",
                    help="where the decoder runs (auto: GPU offload when this llama.cpp build has it)")
     p.add_argument("--ctx-size", type=int, default=8192, help="context window in tokens (text + image tokens)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: serve: all cores but one; chat: all cores)")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True,
                    help="reasoning on by default (a request can still choose)")
     p.add_argument("--quant", default="Q4_K_M", type=str.upper,

@@ -21,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "glm-4.6v-flash"
 # Exact, deterministic runtime options for servers whose outputs are compared with a reference.
-EXACT = dict(device="cpu", kv_type="f32", flash_attn="off", threads=2)
+EXACT = dict(device="cpu", kv_type="f32", flash_attn="off", threads=1)
 
 
 def free_port() -> int:

@@ -37,7 +37,7 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live(tiny_bundle, media_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "serve.log"
-    args = ["--device", "cpu", "--kv-type", "f32", "--flash-attn", "off", "--threads", "2", "--ctx-size", "2048",
+    args = ["--device", "cpu", "--kv-type", "f32", "--flash-attn", "off", "--threads", "1", "--ctx-size", "2048",
             "--media-dir", str(media_dir), "--max-queue", "64"]
     with subprocess_server(tiny_bundle, *args, log_path=log) as (base, _proc):
         yield base
