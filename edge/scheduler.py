@@ -109,7 +109,7 @@ class Scheduler:
                 job.state = "done"
                 job.outcome = "cancelled"
                 job.emit(END, "cancelled")
-            elif job.state == "running" and self._current is job and not job.abort_sent:
+            elif job.state == "running" and self._current is job and not job.abort_sent and not job.outcome:
                 job.abort_sent = True
                 self.runtime.abort()
 
