@@ -42,6 +42,25 @@ def quiet_llama() -> None:
                     pass
 
 
+def default_extra_buffers() -> bool:
+    """llama.cpp's repacked/AMX weight buffers: what our Decoder picks (off on AMX CPUs, where llama.cpp's AMX
+    matmul segfaults on quantized GLM-4 weights), so that both sides run the same kernels."""
+    try:
+        from edge.decoder import cpu_has_amx
+    except ImportError:  # pragma: no cover - older edge
+        return True
+    return not cpu_has_amx()
+
+
+def model_params(extra_buffers: bool | None = None):
+    """llama_model_params as both peers use them: CPU only, mmap, extra buffers as our Decoder."""
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP  # as llama-cpp-python's Llama and our Decoder
+    mparams.use_extra_bufts = default_extra_buffers() if extra_buffers is None else extra_buffers
+    return mparams
+
+
 FLASH = {"on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED, "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
          "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO}
 KV = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
@@ -61,11 +80,11 @@ class PeerTimings:
 class MtmdPeer:
     def __init__(self, decoder_gguf: str | os.PathLike, mmproj: str | os.PathLike, *, n_ctx: int = 4096,
                  n_batch: int = 512, n_ubatch: int = 512, threads: int = 2, flash_attn: str = "on",
-                 kv_type: str = "f16", warmup: bool = False):
+                 kv_type: str = "f16", warmup: bool = False, extra_buffers: bool | None = None):
         quiet_llama()
         self._model = self._ctx = self._mctx = None
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams = model_params(extra_buffers)
+        self.extra_buffers = bool(mparams.use_extra_bufts)
         self._model = llama_cpp.llama_model_load_from_file(os.fsencode(str(decoder_gguf)), mparams)
         if not self._model:
             raise RuntimeError(f"{decoder_gguf}: llama.cpp could not load it")
