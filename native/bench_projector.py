@@ -73,6 +73,8 @@ def ensure_files(work: Path) -> dict[str, Path]:
 
 def run_case(impl: str, path: Path, rows: int, repeat: int, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if threads:  # the same thread count for numpy's BLAS and for ggml
+        env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-c", _CHILD, impl, str(path), str(rows), str(repeat), str(threads)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/wide_native"))
     ap.add_argument("--rows", type=int, nargs="+", default=[1024, 4096], help="ViT patch rows (4 per image token)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="ggml CPU threads (0: all cores, like the runtime)")
+    ap.add_argument("--threads", type=int, default=0, help="ggml CPU threads and numpy BLAS threads (0: each library's default: all cores)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak +{r['peak_minus_base_mib']:7.1f} MiB" + (f"  ({r['backend']}, {r['weight_buffers']})" if impl == "ggml" else ""),
                   flush=True)
     machine = {"system": platform.system(), "machine": platform.machine(), "cpus": os.cpu_count(),
-               "processor": platform.processor()}
+               "processor": platform.processor(), "threads": args.threads, "loadavg_after": os.getloadavg()}
     table = ["| rows | impl | weights | time (ms) | peak RSS over baseline (MiB) | load (s) |", "|---|---|---|---|---|---|"]
     for r in results:
         table.append(f"| {r['rows']} | {'numpy' if r['impl'] == 'numpy' else 'ggml ' + r.get('backend', '')} | "
