@@ -27,6 +27,7 @@ from edge.generate import Engine, ImageInfo, StopState, layout
 from edge.image import ImageConfig, PreparedImage, prepare_image
 from edge.parse import StreamParser
 from edge.projector import Projector
+from edge.projector_select import load_projector
 from edge.prompt import ImageRef, PromptBuilder
 from edge.results import ChatDelta, ChatDone, ChatEvent, Timings, Usage
 from edge.sampling import SamplingParams
@@ -82,7 +83,7 @@ class Runtime:
         try:
             vision = VisionEncoder(bundle.vision_path(dtype), provider=provider, threads=threads,
                                    expected_io=bundle.vision_io(dtype))
-            projector = Projector(bundle.projector_path)
+            projector = load_projector(bundle.projector_path, device=device, threads=threads)
             return cls(bundle, decoder, vision, projector, **kwargs)
         except BaseException:
             decoder.close()
