@@ -33,7 +33,7 @@ from edge.errors import ContextOverflowError, GlmEdgeError, ImageError, InputErr
 from edge.media import MediaPolicy
 from edge.metrics import Metrics
 from edge.openai_map import (
-    RequestError, StreamMapper, completion_json, new_completion_id, plan_request, sse,
+    StreamMapper, completion_json, new_completion_id, plan_request, sse,
 )
 from edge.results import ChatDelta, ChatDone
 from edge.scheduler import END, ERROR, Job, Scheduler

@@ -128,7 +128,8 @@ class FakePrefill:
 class ScriptedEngine:
     """Replaces `runtime.engine`: prefill only counts, stream yields scripted text pieces.
 
-    `script` is a list of pieces, or a callable(params) -> list (to vary per request). `delay` seconds pass
+    `script` is a list of pieces (an exception instance in it is raised there), or a callable(params) -> list
+    (to vary per request). `delay` seconds pass
     before each piece; `gate` (a threading.Event) if given must be set before the first piece; `log` records
     (max_tokens, "start"/"closed"/"done") per generation.
     """
@@ -164,6 +165,8 @@ class ScriptedEngine:
                     state.reason = "length"
                     finished = True
                     return
+                if isinstance(piece, BaseException):
+                    raise piece
                 state.tokens.append(0)
                 yield piece
             state.reason = self.reason

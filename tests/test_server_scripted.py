@@ -57,7 +57,7 @@ def stream_chunks(base, body, **kw):
 
 
 def deltas(events):
-    return [e["choices"][0]["delta"] for e in events if e != "[DONE]" and e["choices"]]
+    return [e["choices"][0]["delta"] for e in events if e != "[DONE]" and e.get("choices")]
 
 
 def test_streamed_tool_call_name_first_then_arguments(serve):
@@ -365,3 +365,26 @@ def test_local_paths_refused_without_media_dir(serve, tmp_path):
         r = httpx.post(srv.base + "/v1/chat/completions", json=body)
         assert r.status_code == 403 and r.json()["error"]["code"] == "media_access_denied"
         assert "--media-dir" in r.json()["error"]["message"]
+
+
+def test_error_after_the_stream_started_is_an_sse_error_event(serve):
+    from edge.errors import DecoderError
+
+    srv, _ = serve(["Partial", " answer", DecoderError("llama_decode failed with code -3")], enable_thinking=False)
+    events = stream_chunks(srv.base, chat_body())
+    assert "".join(d.get("content", "") for d in deltas(events)) == "Partial answer"
+    errors = [e for e in events if e != "[DONE]" and "error" in e]
+    assert errors == [{"error": {"message": "llama_decode failed with code -3", "type": "server_error", "param": None,
+                                 "code": "decoder_error"}}]
+    assert events[-1] == "[DONE]"
+    client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError, match="llama_decode failed"):
+        for _ in client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], stream=True):
+            pass
+    # the same failure before any output is a plain HTTP error (500: a server fault, not bad input)
+    srv.service.runtime.engine.script = [DecoderError("llama_decode failed with code -3")]
+    r = httpx.post(srv.base + "/v1/chat/completions", json=chat_body(stream=True), timeout=30)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "decoder_error"
+    # and the server goes on serving
+    srv.service.runtime.engine.script = ["fine"]
+    assert httpx.post(srv.base + "/v1/chat/completions", json=chat_body(), timeout=30).json()["choices"][0]["message"]["content"] == "fine"
