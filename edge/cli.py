@@ -1,4 +1,4 @@
-"""`glm-edge` command line: serve, chat, info, convert, make-reference.
+"""`glm-edge` command line: serve, chat, info, doctor, convert, make-reference.
 
 Each subcommand parses its arguments here and calls one function elsewhere; errors of the glm-edge tree
 are printed as one line (`glm-edge: error: ...`) with exit status 2, never as a traceback.
@@ -236,6 +236,15 @@ def _cmd_info(args) -> None:
         print(f"backend       {name}: {value}")
 
 
+def _cmd_doctor(args) -> None:
+    import json
+
+    from edge.doctor import doctor_report, format_report
+
+    report = doctor_report()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from convert.quantize import ALL_QUANTS
 
@@ -268,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("bundle", help="bundle folder")
     info.add_argument("--json", action="store_true", help="print everything as JSON")
     info.set_defaults(func=_cmd_info)
+
+    doc = sub.add_parser("doctor", help="what this install can run on, per --device choice, and why not")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.set_defaults(func=_cmd_doctor)
     return parser
 
 

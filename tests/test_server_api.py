@@ -279,6 +279,9 @@ def test_cli_info_and_chat(tiny_bundle, tmp_path):
                           text=True, timeout=60)
     assert info.returncode == 0, info.stderr
     assert "decoder-F32.gguf" in info.stdout and "onnxruntime providers" in info.stdout and "fp16" in info.stdout
+    doctor = subprocess.run([sys.executable, "-m", "edge.cli", "doctor"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert doctor.returncode == 0 and "--device cpu" in doctor.stdout and "onnxruntime" in doctor.stdout
     image = tmp_path / "cat.png"
     image.write_bytes(CAT)
     chat = subprocess.run([sys.executable, "-m", "edge.cli", "chat", str(tiny_bundle), "What", "is", "this?",
