@@ -11,8 +11,6 @@ state, and tests pass their own factory. Generation is serialised by `edge.sched
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import os
 import threading
@@ -29,7 +27,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge import __version__
-from edge.errors import ContextOverflowError, GlmEdgeError, ImageError, InputError, MediaAccessError
+from edge.errors import GlmEdgeError, InputError
+from edge.http_api import ApiError, Gate, error_body, error_from_exception, validation_message
 from edge.media import MediaPolicy
 from edge.metrics import Metrics
 from edge.openai_map import (
@@ -93,79 +92,6 @@ def load_runtime(settings: ServerSettings):
                         n_ctx=settings.ctx_size, n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
                         threads=settings.threads or default_threads(), kv_type=settings.kv_type, flash_attn=settings.flash_attn,
                         verify=settings.verify, enable_thinking=settings.enable_thinking)
-
-
-# --- errors ------------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
-
-
-def _error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
-def error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
-
-
-def _param_for(error: GlmEdgeError) -> str | None:
-    if getattr(error, "param", None):
-        return error.param
-    if isinstance(error, (ImageError, MediaAccessError, ContextOverflowError)):
-        return "messages"
-    return None
-
-
-def error_from_exception(error: BaseException) -> tuple[int, dict]:
-    if isinstance(error, ApiError):
-        return error.status, error_body(error.status, error.message, error.code, error.param)
-    if isinstance(error, GlmEdgeError):
-        status = error.http_status
-        return status, error_body(status, str(error), error.code, _param_for(error))
-    return 500, error_body(500, f"internal error ({type(error).__name__}); see the server log", "internal_error")
-
-
-def _clean_loc(loc) -> str:
-    """pydantic's error location as an OpenAI param path (`messages[0].content[1].image_url.detail`), without
-    the union-member tags pydantic inserts."""
-    parts, drop_tag = [], False
-    for p in loc:
-        if p == "body":
-            continue
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-            continue
-        if drop_tag:  # the discriminator value that follows a tagged-union list index
-            drop_tag = False
-            continue
-        if "[" in p or p in ("str", "int", "float", "bool", "none") or p[:1].isupper() or p.startswith("function-"):
-            drop_tag = "tagged-union" in p
-            continue
-        parts.append(("." if parts else "") + p)
-    return "".join(parts)
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request body", None
-    if any(e.get("type") == "json_invalid" for e in errors):
-        first = next(e for e in errors if e.get("type") == "json_invalid")
-        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
-    # the most specific problem: union alternatives that failed on their type are less useful
-    first = max(errors, key=lambda e: (len(e.get("loc", ())), e.get("type") not in ("string_type", "list_type")))
-    param = _clean_loc(first.get("loc", ())) or None
-    where = f" at {param}" if param else ""
-    return f"invalid request{where}: {first.get('msg')}", param
 
 
 # --- the service behind the routes ---------------------------------------------------------------------
@@ -261,88 +187,6 @@ def ready_service(service: Service = Depends(get_service)) -> Service:
     return service
 
 
-# --- middleware --------------------------------------------------------------------------------------
-
-
-class Gate:
-    """Pure ASGI middleware in front of every route: API key, body size limit, request counting.
-
-    - With an API key, /v1/* and /metrics need `Authorization: Bearer <key>` (401 otherwise, checked before
-      the body is read); /health and the page stay open (the page asks for the key and sends it).
-    - Bodies over `max_bytes` (declared or streamed) get 413 before the app reads them.
-    - `glm_edge_http_requests_total{route,status}` counts every response.
-    """
-
-    def __init__(self, app, service: Service):
-        self.app = app
-        self.service = service
-        self.max_bytes = service.settings.max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status_seen = {}
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                status_seen["status"] = message["status"]
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, counting_send)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or ("unmatched" if status_seen.get("status") == 404 else "other")
-            self.service.metrics.inc("http_requests_total", route=route, status=status_seen.get("status", 0))
-
-    async def _handle(self, scope, receive, send):
-        path = scope.get("path", "")
-        key = self.service.settings.api_key
-        if key and scope.get("method") != "OPTIONS" and (path.startswith("/v1/") or path == "/metrics"):
-            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                return await self._reply(send, 401, "missing or incorrect API key (send Authorization: Bearer <key>)",
-                                         "invalid_api_key", [(b"www-authenticate", b"Bearer")])
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send, int(declared))
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left before sending its body
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await self._too_large(send, size)
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _too_large(self, send, size: int):
-        await self._reply(send, 413, f"request body is {size} bytes or more; the limit is {self.max_bytes} "
-                          "(--max-body-mb)", "request_too_large", [(b"connection", b"close")])
-
-    @staticmethod
-    async def _reply(send, status: int, message: str, code: str, headers: list):
-        payload = json.dumps(error_body(status, message, code)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()), *headers]})
-        await send({"type": "http.response.body", "body": payload})
-
-
 # --- the app -----------------------------------------------------------------------------------------
 
 
@@ -368,7 +212,7 @@ def create_app(settings: ServerSettings, runtime_factory: Callable[[ServerSettin
     app = FastAPI(title="glm-edge", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible local API for GLM-4.6V-Flash (see README, API).")
     app.state.service = service
-    app.add_middleware(Gate, service=service)
+    app.add_middleware(Gate, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes, metrics=service.metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -390,7 +234,7 @@ def create_app(settings: ServerSettings, runtime_factory: Callable[[ServerSettin
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return error_response(400, error_body(400, message, "invalid_request_error", param))
 
     @app.exception_handler(StarletteHTTPException)
