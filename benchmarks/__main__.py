@@ -45,6 +45,10 @@ def parse_args(argv=None):
                    help="before each timed run, wait up to this many seconds for other processes to leave the CPUs "
                         "mostly idle (shared machines; default 60, 0 with --quick)")
     p.add_argument("--quiet-threshold", type=float, default=0.25, help="CPU busy fraction counted as idle (default 0.25)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="repeat a timed run disturbed by other processes at most this many times (default 2, 0 with --quick)")
+    p.add_argument("--retry-above", type=float, default=0.10,
+                   help="a run is disturbed when other processes used more than this share of all CPUs (default 0.10)")
     return p.parse_args(argv)
 
 
@@ -129,9 +133,12 @@ def main(argv=None) -> int:
                              f"KV {s['kv_type']}, flash attention {s['flash_attn']}, greedy; projector F16 in bundles")
     info["decode_bytes_per_token"] = {q: decode_bytes_per_token(art.decoder(q)) for q in BUNDLE_QUANTS}
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 60)
+    retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     info["quiet_wait_s"], info["quiet_threshold"] = quiet_wait, args.quiet_threshold
+    info["retries"], info["retry_above"] = retries, args.retry_above
     common = {"threads": args.threads, "settings": s, "reps": p["reps"], "warmup": p["warmup"],
-              "quiet_wait": quiet_wait, "quiet_threshold": args.quiet_threshold,
+              "quiet_wait": quiet_wait, "quiet_threshold": args.quiet_threshold, "retries": retries,
+              "retry_above": args.retry_above,
               "bundles": {q: str(art.bundle(q)) for q in BUNDLE_QUANTS},
               "decoders": {q: str(art.decoder(q)) for q in BUNDLE_QUANTS},
               "mmproj": {q: str(art.mmproj(q)) for q in MMPROJ_QUANTS},

@@ -42,7 +42,7 @@ def test_json_has_every_scenario(quick_run):
         text = summary["text"][quant]
         assert text["ours"]["decode_tps"] > 0 and text["llama.cpp"]["prefill_tps"] > 0
         assert text["ours"]["prefill_tokens"] == text["llama.cpp"]["prefill_tokens"]  # the same prompt
-        assert set(text["ratio"]) == {"prefill_tps", "decode_tps"}
+        assert {"prefill_tps", "decode_tps", "best_prefill_tps", "best_decode_tps"} == set(text["ratio"])
     for image, variants in summary["image"].items():
         assert {"onnx-fp32", "onnx-int8", "mtmd-F16", "mtmd-Q8_0", "torch-fp32"} <= set(variants), image
         tokens = {variants[v]["image_tokens"] for v in ("onnx-fp32", "onnx-int8", "mtmd-F16", "mtmd-Q8_0", "torch-fp32")}
@@ -50,6 +50,8 @@ def test_json_has_every_scenario(quick_run):
         for v in ("onnx-int8", "mtmd-F16"):
             assert variants[v]["vision"] > 0 and variants[v]["prefill"] > 0
             assert variants[v]["first_token"] >= variants[v]["vision"] + variants[v]["prefill"]
+        profile = summary["vision_profile"][image]
+        assert profile["onnx-int8"]["vit_s"] > 0 and profile["onnx-fp32"]["projector_s"] > 0
     turns = summary["multiturn"]
     assert turns["ours"]["turn2"]["cached_tokens"] > 0 and turns["llama.cpp"]["turn2"]["cached_tokens"] == 0
     assert {(r["side"], r["quant"]) for r in summary["load"]} == {
