@@ -246,6 +246,10 @@ class Decoder:
         """Make the running (or next) llama_decode return early; thread-safe."""
         self._abort.set()
 
+    def clear_abort(self) -> None:
+        """Forget an abort request that came too late to stop a decode (before the next job starts)."""
+        self._abort.clear()
+
     def close(self) -> None:
         if self._batches:
             self._emb_batch.pos = ctypes.cast(self._emb_pos_orig, ctypes.POINTER(llama_cpp.llama_pos))

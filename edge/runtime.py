@@ -175,6 +175,10 @@ class Runtime:
         """Stop the running generation's current llama.cpp decode as soon as possible (thread-safe)."""
         self.decoder.request_abort()
 
+    def clear_abort(self) -> None:
+        """Drop an abort that arrived after the decode it was meant for had finished."""
+        self.decoder.clear_abort()
+
     def close(self) -> None:
         self.decoder.close()
 

@@ -291,7 +291,7 @@ def test_greedy_generation_with_images_unchanged(library, tiny_bundle):
             {"type": "image", "image": png_bytes(140, 84, seed=11)}, {"type": "text", "text": "and"},
             {"type": "image", "image": png_bytes(56, 112, seed=12)}, {"type": "text", "text": "What is shown?"},
         ]}]
-        assert isinstance(runtime.projector, Projector)
+        runtime.projector = Projector(runtime.bundle.projector_path)  # the numpy reference first
         expected = runtime.chat(msgs, temperature=0.0, repetition_penalty=1.0, max_tokens=16).token_ids
         runtime.projector = NativeProjector(runtime.bundle.projector_path, device="cpu")
         runtime.image_cache = ImageEmbeddingCache()  # neither cached embeddings nor a reused KV prefix
