@@ -471,8 +471,9 @@ def run_load(cfg: dict) -> list[dict]:
 
 
 def run_bandwidth(cfg: dict) -> list[dict]:
-    """STREAM-like copy bandwidth with numpy (bytes read + written per second), 1 thread and `threads` threads
-    on separate halves; arrays far larger than any cache. The best of several passes."""
+    """STREAM-like numpy bandwidth on arrays far larger than any cache, 1 thread and `threads` threads (each on its
+    own slice; numpy releases the GIL): copy (bytes read + written per second) and read (a sum, bytes read per
+    second, the pattern of a decode step). The best of several passes."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = cfg["bandwidth_mb"] * 2**20 // 8
@@ -480,24 +481,19 @@ def run_bandwidth(cfg: dict) -> list[dict]:
     dst = np.empty_like(src)
     out = []
     quiet_gate(cfg)
+    kinds = {"copy": (lambda a, b: np.copyto(dst[a:b], src[a:b]), 2 * src.nbytes),
+             "read": (lambda a, b: src[a:b].sum(), src.nbytes)}
     for threads in sorted({1, cfg["threads"]}):
-        parts = np.array_split(np.arange(n), threads)
-        bounds = [(p[0], p[-1] + 1) for p in parts]
-        best = float("inf")
+        bounds = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(n), threads)]
         with ThreadPoolExecutor(threads) as pool:
-            for _ in range(cfg["bandwidth_passes"]):
-                t = time.perf_counter()
-                list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
-                best = min(best, time.perf_counter() - t)
-        out.append({"kind": "copy", "threads": threads, "bytes": 2 * src.nbytes, "seconds": best,
-                    "gb_per_s": 2 * src.nbytes / best / 1e9})
-    best = float("inf")
-    for _ in range(cfg["bandwidth_passes"]):
-        t = time.perf_counter()
-        src.sum()
-        best = min(best, time.perf_counter() - t)
-    out.append({"kind": "read (sum)", "threads": 1, "bytes": src.nbytes, "seconds": best,
-                "gb_per_s": src.nbytes / best / 1e9})
+            for kind, (op, nbytes) in kinds.items():
+                best = float("inf")
+                for _ in range(cfg["bandwidth_passes"]):
+                    t = time.perf_counter()
+                    list(pool.map(lambda b: op(*b), bounds))
+                    best = min(best, time.perf_counter() - t)
+                out.append({"kind": kind, "threads": threads, "bytes": nbytes, "seconds": best,
+                            "gb_per_s": nbytes / best / 1e9})
     return out
 
 
