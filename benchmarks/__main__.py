@@ -143,8 +143,21 @@ def main(argv=None) -> int:
               "decoders": {q: str(art.decoder(q)) for q in BUNDLE_QUANTS},
               "mmproj": {q: str(art.mmproj(q)) for q in MMPROJ_QUANTS},
               "images": {n: str(art.image(n)) for n in p["images"]}, "checkpoint": str(art.checkpoint)}
+    info["skipped"] = {}
+    scenarios = list(args.scenarios)
+    if "transformers" in scenarios:
+        import numpy as np
+        import psutil
+
+        params = sum(int(np.prod(t.shape)) for t in Checkpoint(art.checkpoint).tensors.values())
+        need, avail = params * 4 * 1.5, psutil.virtual_memory().available  # fp32 weights + load-time copies
+        if need > 0.9 * avail:
+            scenarios.remove("transformers")
+            info["skipped"]["transformers"] = (f"fp32 transformers needs about {need / 2**30:.0f} GiB, "
+                                               f"{avail / 2**30:.0f} GiB available")
+            log(f"skipping transformers: {info['skipped']['transformers']}")
     jobs = []
-    for name in args.scenarios:
+    for name in scenarios:
         if name == "bandwidth":
             jobs.append({"scenario": name, "bandwidth_mb": p["bandwidth_mb"], "bandwidth_passes": p["bandwidth_passes"]})
         elif name == "text":
@@ -161,7 +174,7 @@ def main(argv=None) -> int:
                          for d in ("int8", "fp32")]
                 jobs.append({"scenario": name, "side": "llama.cpp", "quant": q, "mmproj_quant": "F16" if q == "Q4_K_M" else "Q8_0",
                              "image": p["multiturn_image"]})
-    results: dict = {name: [] for name in args.scenarios}
+    results: dict = {name: [] for name in scenarios}
     info["worker_seconds"], info["errors"] = {}, []
     for job in jobs:
         desc = " ".join(f"{k}={v}" for k, v in job.items() if k in ("scenario", "quant", "side", "vision_dtype"))

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,21 @@ def _log(msg: str) -> None:
     print(f"[prepare] {msg}", flush=True)
 
 
+@contextmanager
+def native_log_to(path: Path):
+    """Send what native code (llama.cpp's quantizer, onnxruntime) writes to stderr into `path` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def prepare(cache: Path, size: str, text_layers: int, vision_depth: int, images: dict[str, tuple[int, int]],
             seed: int = 0, bundle_quants=BUNDLE_QUANTS, mmproj_quants=MMPROJ_QUANTS) -> Artifacts:
     root = Path(cache) / f"{size}-t{text_layers}-v{vision_depth}-s{seed}"
@@ -98,9 +116,10 @@ def prepare(cache: Path, size: str, text_layers: int, vision_depth: int, images:
     for quant in bundle_quants:
         if not (art.bundle(quant) / "manifest.json").is_file():
             t = time.perf_counter()
-            _log(f"converting bundle {quant} (vision {', '.join(VISION_DTYPES)})")
-            convert_checkpoint(art.checkpoint, art.bundle(quant), quant=quant, vision_dtypes=VISION_DTYPES,
-                               projector_quant=PROJECTOR_QUANT)
+            _log(f"converting bundle {quant} (vision {', '.join(VISION_DTYPES)}; native log in {root / 'prepare.log'})")
+            with native_log_to(root / "prepare.log"):
+                convert_checkpoint(art.checkpoint, art.bundle(quant), quant=quant, vision_dtypes=VISION_DTYPES,
+                                   projector_quant=PROJECTOR_QUANT)
             _log(f"  done in {time.perf_counter() - t:.0f} s")
     for quant in mmproj_quants:
         if not art.mmproj(quant).is_file():
