@@ -12,7 +12,8 @@ from pathlib import Path
 
 from convert.checkpoint import Checkpoint, read_json
 from convert.decoder_gguf import config_sha256, describe_vocab
-from convert.pipeline import atomic_output, convert_decoder
+from convert.atomic import atomic_output
+from convert.pipeline import convert_decoder
 from convert.projector_gguf import export_projector
 from convert.vision_onnx import describe_io, export_vision
 from edge import __version__

@@ -30,7 +30,6 @@ a time (bounded memory at full size); the file appears only when complete (tempo
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from gguf import (
 )
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
+from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, read_json
 from convert.vision_onnx import visual_prefix
 from edge.errors import ConversionError
@@ -140,49 +140,43 @@ def export_mmproj(ckpt: Checkpoint | str | os.PathLike, out_dir: str | os.PathLi
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (filename or mmproj_filename(quant))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        writer = GGUFWriter(tmp, ARCH, use_temp_file=False)
-        writer.add_type(GGUFType.MMPROJ)
-        writer.add_name(ckpt.path.name)
-        writer.add_file_type(int(file_type))
-        # MmprojModel.set_gguf_parameters
-        writer.add_clip_has_vision_encoder(True)
-        writer.add_vision_projection_dim(text.hidden_size)
-        writer.add_vision_image_size(spec.image_size)
-        writer.add_vision_patch_size(spec.patch_size)
-        writer.add_vision_embedding_length(spec.hidden_size)
-        writer.add_vision_feed_forward_length(spec.intermediate_size)
-        writer.add_vision_block_count(spec.depth)
-        writer.add_vision_head_count(spec.num_heads)
-        writer.add_vision_image_mean([float(v) for v in pre["image_mean"]])
-        writer.add_vision_image_std([float(v) for v in pre["image_std"]])
-        # Glm4VVisionModel.set_gguf_parameters
-        writer.add_clip_projector_type(VisionProjectorType.GLM4V)
-        if act == "gelu":
-            writer.add_vision_use_gelu(True)
-        else:
-            writer.add_vision_use_silu(True)
-        writer.add_vision_attention_layernorm_eps(float(spec.rms_norm_eps))
-        writer.add_quantization_version(GGML_QUANT_VERSION)
-        loaders = []
-        for name, shape, load in plan:  # tensor infos first, then data one tensor at a time
-            dtype = tensor_type(name, shape, qtype)
-            byte_shape = quant_shape_to_byte_shape(shape, dtype)
-            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=dtype)
-            loaders.append((load, dtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for load, dtype in loaders:
-            writer.write_tensor_data(np.ascontiguousarray(_encode(load(), dtype)).view(np.uint8))
-        writer.close()
-        tmp.chmod(0o644)
-        tmp.replace(target)
+        with atomic_output(target) as tmp:
+            writer = GGUFWriter(tmp, ARCH, use_temp_file=False)
+            writer.add_type(GGUFType.MMPROJ)
+            writer.add_name(ckpt.path.name)
+            writer.add_file_type(int(file_type))
+            # MmprojModel.set_gguf_parameters
+            writer.add_clip_has_vision_encoder(True)
+            writer.add_vision_projection_dim(text.hidden_size)
+            writer.add_vision_image_size(spec.image_size)
+            writer.add_vision_patch_size(spec.patch_size)
+            writer.add_vision_embedding_length(spec.hidden_size)
+            writer.add_vision_feed_forward_length(spec.intermediate_size)
+            writer.add_vision_block_count(spec.depth)
+            writer.add_vision_head_count(spec.num_heads)
+            writer.add_vision_image_mean([float(v) for v in pre["image_mean"]])
+            writer.add_vision_image_std([float(v) for v in pre["image_std"]])
+            # Glm4VVisionModel.set_gguf_parameters
+            writer.add_clip_projector_type(VisionProjectorType.GLM4V)
+            if act == "gelu":
+                writer.add_vision_use_gelu(True)
+            else:
+                writer.add_vision_use_silu(True)
+            writer.add_vision_attention_layernorm_eps(float(spec.rms_norm_eps))
+            writer.add_quantization_version(GGML_QUANT_VERSION)
+            loaders = []
+            for name, shape, load in plan:  # tensor infos first, then data one tensor at a time
+                dtype = tensor_type(name, shape, qtype)
+                byte_shape = quant_shape_to_byte_shape(shape, dtype)
+                writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=dtype)
+                loaders.append((load, dtype))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for load, dtype in loaders:
+                writer.write_tensor_data(np.ascontiguousarray(_encode(load(), dtype)).view(np.uint8))
+            writer.close()
     except OSError as e:
         raise ConversionError(f"writing {target} failed: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

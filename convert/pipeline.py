@@ -6,15 +6,12 @@ so an interrupted or failed conversion never leaves a file that looks finished.
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint
 from convert.decoder_gguf import write_float_gguf
 from convert.quantize import BYTES_PER_WEIGHT, FLOAT_QUANTS, check_quant, llama_quantize
@@ -35,26 +32,6 @@ def check_free_space(folder: Path, needed: int) -> None:
             f"{folder}: not enough disk space: conversion needs about {needed / 2**30:.2f} GiB, "
             f"{free / 2**30:.2f} GiB free"
         )
-
-
-@contextmanager
-def atomic_output(final: Path):
-    """Yield a temp path beside `final`; rename it to `final` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        tmp_path.chmod(0o644)  # mkstemp makes 0600 files; bundles are meant to be shared read-only
-        tmp_path.replace(final)
-    except OSError as e:
-        tmp_path.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise ConversionError(f"{final.parent}: disk full while writing {final.name}") from e
-        raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -20,14 +20,13 @@ is not a multiple of 32). Vectors (biases, norms) are always F32. The file appea
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
+from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint
 from convert.vision_onnx import visual_prefix
 from edge.errors import ConversionError
@@ -94,30 +93,25 @@ def export_projector(ckpt: Checkpoint, out_dir: str | Path, quant: str = "F32") 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"projector-{quant}.gguf"
     tensors = projector_tensors(ckpt)
-    fd, tmp_name = tempfile.mkstemp(prefix=".projector-", suffix=".gguf.tmp", dir=out_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        writer = GGUFWriter(tmp, ARCH)
-        writer.add_name("GLM-4.6V vision projector")
-        writer.add_file_type(int(file_type))
-        writer.add_uint32(f"{ARCH}.format_version", FORMAT_VERSION)
-        writer.add_uint32(f"{ARCH}.vision_hidden_size", spec.hidden_size)
-        writer.add_uint32(f"{ARCH}.out_hidden_size", spec.out_hidden_size)
-        writer.add_uint32(f"{ARCH}.intermediate_size", spec.intermediate_size)
-        writer.add_uint32(f"{ARCH}.spatial_merge_size", spec.spatial_merge_size)
-        writer.add_float32(f"{ARCH}.layer_norm_eps", LAYER_NORM_EPS)
-        writer.add_string(f"{ARCH}.hidden_act", "silu")
-        for name, array in tensors.items():
-            data, dtype = _encode(array, qtype)
-            writer.add_tensor(name, data, raw_dtype=dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(target)
+        with atomic_output(target) as tmp:
+            writer = GGUFWriter(tmp, ARCH)
+            writer.add_name("GLM-4.6V vision projector")
+            writer.add_file_type(int(file_type))
+            writer.add_uint32(f"{ARCH}.format_version", FORMAT_VERSION)
+            writer.add_uint32(f"{ARCH}.vision_hidden_size", spec.hidden_size)
+            writer.add_uint32(f"{ARCH}.out_hidden_size", spec.out_hidden_size)
+            writer.add_uint32(f"{ARCH}.intermediate_size", spec.intermediate_size)
+            writer.add_uint32(f"{ARCH}.spatial_merge_size", spec.spatial_merge_size)
+            writer.add_float32(f"{ARCH}.layer_norm_eps", LAYER_NORM_EPS)
+            writer.add_string(f"{ARCH}.hidden_act", "silu")
+            for name, array in tensors.items():
+                data, dtype = _encode(array, qtype)
+                writer.add_tensor(name, data, raw_dtype=dtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as e:
         raise ConversionError(f"writing {target} failed: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
