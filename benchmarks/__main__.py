@@ -114,7 +114,10 @@ def main(argv=None) -> int:
 
     quiet_llama()
     p = plan(args)
-    info = {"label": p["label"], "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    command = " ".join(["python -m benchmarks"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    if os.environ.get("GLM_EDGE_BENCH_CACHE"):
+        command = f"GLM_EDGE_BENCH_CACHE={shlex.quote(os.environ['GLM_EDGE_BENCH_CACHE'])} {command}"
+    info = {"label": p["label"], "command": command,
             "machine": machine_info(REPO), "reps": p["reps"], "warmup": p["warmup"], "threads": args.threads,
             "settings": p["settings"]}
     log(f"{p['label']}; cache {args.cache}")

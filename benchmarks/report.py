@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 STAGES = ("preprocess", "vision", "prefill")
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "f16c")
 
 
 def _median(values) -> float:
@@ -156,7 +157,8 @@ def _f(x, digits=2) -> str:
 def markdown(s: dict, info: dict, charts: list[str]) -> str:
     m = info["machine"]
     L = [f"# glm-edge benchmarks ({info['label']})", "",
-         f"Command: `{info['command']}`  ", f"Machine: {m['cpu_model']}, {m['logical_cores']} logical / "
+         f"Command: `{info['command']}` (from the repository root)  ",
+         f"Machine: {m['cpu_model']} ({' '.join(f for f in m.get('cpu_flags', []) if f in SHOWN_FLAGS)}), {m['logical_cores']} logical / "
          f"{m['physical_cores']} physical cores, {m['ram_gb']} GB RAM, {m['os']}; load average "
          f"{m['load_average_at_start']} at start, {info.get('load_average_at_end')} at end (shared machine)  ",
          f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['git_commit']}  ",
