@@ -102,9 +102,6 @@ class Engine:
         generated = state.tokens
         try:
             while True:
-                if len(generated) >= params.max_tokens:
-                    state.reason = "length"
-                    break
                 if self.kv.n_cells + 1 > self.decoder.n_ctx:
                     state.reason = "length"
                     break
@@ -123,6 +120,9 @@ class Engine:
                     cut = len(pending) - holdback
                     yield pending[:cut]
                     pending = pending[cut:]
+                if len(generated) >= params.max_tokens:
+                    state.reason = "length"  # the last token needs no decode: nothing samples after it
+                    break
                 self._decode_generated(token)
         finally:
             sampler.close()
