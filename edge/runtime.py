@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from edge.cache import ImageEmbeddingCache
 from edge.decoder import Decoder, DecoderOptions
 from edge.errors import BundleError
 from edge.generate import Engine, ImageInfo, StopState, layout
-from edge.image import ImageConfig, PreparedImage, prepare_image
+from edge.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
 from edge.parse import StreamParser
 from edge.projector import Projector
 from edge.projector_select import load_projector
@@ -67,6 +68,9 @@ class Runtime:
         self.enable_thinking = enable_thinking
         self.stats = RuntimeStats()
         self._lock = threading.Lock()
+        # (source sha256, token budget) -> (ImageInfo, original size) of images seen before: a later turn
+        # about the same image skips decoding and resizing it unless its embedding is needed again.
+        self._image_meta: OrderedDict[tuple, tuple[ImageInfo, tuple[int, int]]] = OrderedDict()
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", vision_dtype: str | None = None, vision_provider: str | None = None,
@@ -94,7 +98,24 @@ class Runtime:
     def prepare(self, ref: ImageRef) -> PreparedImage:
         return prepare_image(ref.source, self.image_config, min_tokens=ref.min_tokens, max_tokens=ref.max_tokens)
 
-    def _embedder(self, prepared: dict[str, PreparedImage], timings: Timings, usage: Usage):
+    def _describe(self, ref: ImageRef, pending: dict) -> tuple[ImageInfo, tuple[int, int]]:
+        """Layout facts of one image; full preprocessing only for an image not seen before."""
+        data = read_source(ref.source, max_bytes=DEFAULT_MAX_BYTES)
+        memo = (content_hash(data), ref.min_tokens, ref.max_tokens)
+        meta = self._image_meta.get(memo)
+        if meta is None:
+            image = prepare_image(data, self.image_config, min_tokens=ref.min_tokens, max_tokens=ref.max_tokens)
+            meta = (ImageInfo(image.cache_key, image.merged_rows, image.merged_cols), image.original_size)
+            pending[image.cache_key] = image
+            self._image_meta[memo] = meta
+            while len(self._image_meta) > 1024:
+                self._image_meta.popitem(last=False)
+        else:
+            self._image_meta.move_to_end(memo)
+            pending.setdefault(meta[0].key, ImageRef(data, ref.min_tokens, ref.max_tokens))
+        return meta
+
+    def _embedder(self, pending: dict, timings: Timings, usage: Usage):
         def embed(key: str):
             cached = self.image_cache.get(key)
             if cached is not None:
@@ -102,7 +123,11 @@ class Runtime:
                 usage.images_cached += 1
                 return cached
             start = time.perf_counter()
-            image = prepared[key]
+            image = pending[key]
+            if isinstance(image, ImageRef):  # seen before, evicted from the image cache: prepare again
+                image = self.prepare(image)
+                timings.preprocess += time.perf_counter() - start
+                start = time.perf_counter()
             emb = image_embeddings(self.vision, self.projector, image.pixel_patches, image.grid_thw)
             timings.vision += time.perf_counter() - start
             self.stats.images_encoded += 1
@@ -123,16 +148,18 @@ class Runtime:
         timings, usage = Timings(), Usage()
         chunks, refs, _ = self.prompt.build(messages, tools, thinking)
         t = time.perf_counter()
-        images = [self.prepare(ref) for ref in refs]
+        pending: dict = {}
+        described = [self._describe(ref, pending) for ref in refs]
         timings.preprocess = time.perf_counter() - t
-        infos = [ImageInfo(im.cache_key, im.merged_rows, im.merged_cols) for im in images]
+        infos = [info for info, _ in described]
         entries = layout(chunks, infos)
-        parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=[im.original_size for im in images] or None)
+        parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=[size for _, size in described] or None)
         stop = StopState()
         pieces: list[str] = []
         with self._lock:
-            pre = self.engine.prefill(entries, self._embedder({im.cache_key: im for im in images}, timings, usage))
-            timings.prefill = pre.seconds - timings.vision
+            preprocess_before = timings.preprocess
+            pre = self.engine.prefill(entries, self._embedder(pending, timings, usage))
+            timings.prefill = pre.seconds - timings.vision - (timings.preprocess - preprocess_before)
             t = time.perf_counter()
             for piece in self.engine.stream(params, stop):
                 if not pieces:
@@ -148,7 +175,7 @@ class Runtime:
         output = parser.result
         usage.prompt_tokens, usage.cached_tokens = pre.cells, pre.reused
         usage.image_tokens = sum(i.rows * i.cols for i in infos)
-        usage.images = len(images)
+        usage.images = len(infos)
         usage.completion_tokens = len(stop.tokens)
         reason = "tool_calls" if output.tool_calls and stop.reason == "stop" else stop.reason
         self._account(usage, timings)

@@ -110,3 +110,23 @@ def test_stop_string_cuts_output(runtime):
     cut = runtime.chat(msgs, stop=(stop,), **GREEDY)
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.find(stop)]
+
+
+def test_known_image_is_not_preprocessed_again(runtime, monkeypatch):
+    import edge.runtime as rt_module
+
+    calls = []
+    real = rt_module.prepare_image
+    monkeypatch.setattr(rt_module, "prepare_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    img = png_bytes(98, 70, seed=21)
+    first = runtime.chat(conversation(img), **GREEDY)
+    assert len(calls) == 1
+    again = runtime.chat(conversation(img), **GREEDY)
+    assert len(calls) == 1  # layout facts came from the memo, the embedding from the KV prefix
+    assert again.token_ids == first.token_ids
+    runtime.engine.kv.reset()
+    runtime.decoder.truncate(0)
+    runtime.image_cache = type(runtime.image_cache)(runtime.image_cache.max_bytes)
+    cold = runtime.chat(conversation(img), **GREEDY)
+    assert len(calls) == 2  # embedding needed and not cached: prepared again, lazily
+    assert cold.token_ids == first.token_ids
