@@ -12,6 +12,8 @@ from pathlib import Path
 
 from convert.checkpoint import Checkpoint, read_json
 from convert.decoder_gguf import config_sha256, describe_vocab
+from convert.mmproj_gguf import QUANTS as MMPROJ_QUANTS
+from convert.mmproj_gguf import export_mmproj
 from convert.atomic import atomic_output
 from convert.pipeline import convert_decoder
 from convert.projector_gguf import export_projector
@@ -44,13 +46,17 @@ def token_ids(ckpt: Checkpoint) -> dict:
 
 
 def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", vision_dtypes=("fp32",),
-                       projector_quant: str = "F16", progress: bool = False) -> Path:
+                       projector_quant: str = "F16", mmproj_quants=(), progress: bool = False) -> Path:
     """Convert `hf_dir` into the bundle folder `out_dir`; returns out_dir."""
     for dtype in vision_dtypes:
         if dtype not in VISION_DTYPES:
             raise ConversionError(f"unknown vision dtype {dtype!r}; allowed: {', '.join(VISION_DTYPES)}")
     if projector_quant not in PROJECTOR_QUANTS:
         raise ConversionError(f"unknown projector type {projector_quant!r}; allowed: {', '.join(PROJECTOR_QUANTS)}")
+    mmproj_quants = list(dict.fromkeys(mmproj_quants))
+    for q in mmproj_quants:
+        if q not in MMPROJ_QUANTS:
+            raise ConversionError(f"unknown mmproj type {q!r}; allowed: {', '.join(MMPROJ_QUANTS)}")
     ckpt = Checkpoint(hf_dir)
     preprocessor = read_json(ckpt.path / "preprocessor_config.json")
     generation_file = ckpt.path / "generation_config.json"
@@ -66,6 +72,7 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
     for dtype in dict.fromkeys(vision_dtypes):
         files = export_vision(ckpt, out_dir, dtype)
         vision[dtype] = {"files": [file_record(f) for f in files], "io": describe_io(ckpt.spec.vision, dtype)}
+    mmproj = [{**file_record(export_mmproj(ckpt, out_dir, q)), "quant": q} for q in mmproj_quants]
 
     spec = ckpt.spec
     manifest = {
@@ -87,6 +94,7 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
         "decoder": {**file_record(decoder), "quant": quant.upper()},
         "projector": {**file_record(projector), "quant": projector_quant},
         "vision": vision,
+        "mmproj": mmproj,
         "tokens": tokens,
         "preprocessor": preprocessor,
         "generation": generation,

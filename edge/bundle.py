@@ -6,6 +6,7 @@ manifest.json                 format + version, converter version, source config
 decoder-<QUANT>.gguf          GLM-4 decoder + tokenizer + chat template (llama.cpp)
 projector-<QUANT>.gguf        downsample + merger
 vision-encoder-<DTYPE>.onnx   ViT (+ .onnx.data for large fp32 graphs)
+mmproj-<QUANT>.gguf           optional (`--mmproj`): the same vision weights for llama.cpp's mtmd / llama-server
 ```
 The runtime reads exactly one manifest version and refuses others with a message saying how to reconvert.
 Every file's size is checked at each load; its sha256 on the first load and again whenever its size or
@@ -76,6 +77,7 @@ def _records(manifest: dict) -> list[dict]:
     records = [manifest["decoder"], manifest["projector"]]
     for variant in manifest["vision"].values():
         records.extend(variant["files"])
+    records.extend(manifest.get("mmproj", []))  # optional llama.cpp peer files
     return records
 
 

@@ -32,7 +32,7 @@ def _cmd_convert(args) -> None:
 
     path = convert_checkpoint(
         Path(args.hf_dir), Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
-        projector_quant=args.projector_quant, progress=not args.quiet,
+        projector_quant=args.projector_quant, mmproj_quants=["F16"] if args.mmproj == [] else (args.mmproj or []), progress=not args.quiet,
     )
     print(path)
 
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--quant", default="Q4_K_M", type=str.upper, help=f"decoder type: {', '.join(ALL_QUANTS)}")
     conv.add_argument("--vision", nargs="+", default=["fp32"], help="vision encoder variants: fp32 fp16 int8")
     conv.add_argument("--projector-quant", default="F16", type=str.upper, help="projector type: F32, F16, Q8_0")
+    conv.add_argument("--mmproj", nargs="*", type=str.upper, default=None, metavar="QUANT",
+                      help="also write llama.cpp mmproj GGUFs (glm4v) of these types (F32, F16, Q8_0; "
+                           "no type given: F16), for llama.cpp's own vision path / llama-server")
     conv.add_argument("--quiet", action="store_true")
     conv.set_defaults(func=_cmd_convert)
 

@@ -44,3 +44,12 @@ def test_corrupt_config_names_the_file(tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.json: not valid JSON" in err
     json.loads((tiny_checkpoint / "config.json").read_text())  # the original is untouched
+
+
+def test_mmproj_flag_adds_listed_verified_files(tiny_checkpoint, tmp_path):
+    assert main(["convert", str(tiny_checkpoint), str(tmp_path / "b"), "--quant", "F16", "--mmproj", "--quiet"]) == 0
+    bundle = load_bundle(tmp_path / "b", verify="full")
+    assert [(m["path"], m["quant"]) for m in bundle.manifest["mmproj"]] == [("mmproj-F16.gguf", "F16")]
+    assert main(["convert", str(tiny_checkpoint), str(tmp_path / "c"), "--quant", "F16", "--quiet"]) == 0
+    assert load_bundle(tmp_path / "c").manifest["mmproj"] == []
+    assert main(["convert", str(tiny_checkpoint), str(tmp_path / "d"), "--mmproj", "Q4_0", "--quiet"]) == 2
