@@ -59,7 +59,7 @@ def _cmd_serve(args) -> None:
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, enable_thinking=args.thinking,
         serve_page=not args.no_page, device=args.device, ctx_size=args.ctx_size, threads=args.threads,
         n_batch=args.batch_size, n_ubatch=min(args.ubatch_size, args.batch_size), kv_type=args.kv_type,
-        flash_attn=args.flash_attn, vision_dtype=args.vision_dtype, verify=args.verify,
+        flash_attn=args.flash_attn, vision_dtype=args.vision_dtype, projector=args.projector, verify=args.verify,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -322,6 +322,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16", help="KV cache type")
     p.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--vision-dtype", default=None, help="vision encoder variant (default: the bundle's first)")
+    p.add_argument("--projector", choices=["auto", "native", "numpy"], default="auto",
+                   help="projector engine: ggml from the quantized GGUF (auto/native: least memory) or numpy "
+                        "float32 (faster on x86 CPUs, 3.5-5.7x more memory)")
     p.add_argument("--verify", choices=["auto", "full", "size"], default="auto", help="bundle hash check at load")
     p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

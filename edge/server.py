@@ -66,6 +66,7 @@ class ServerSettings:
     kv_type: str = "f16"
     flash_attn: str = "auto"
     vision_dtype: str | None = None
+    projector: str = "auto"
     verify: str = "auto"
     extra: dict = field(default_factory=dict)
 
@@ -91,7 +92,7 @@ def load_runtime(settings: ServerSettings):
     return Runtime.load(settings.bundle, device=settings.device, vision_dtype=settings.vision_dtype,
                         n_ctx=settings.ctx_size, n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
                         threads=settings.threads or default_threads(), kv_type=settings.kv_type, flash_attn=settings.flash_attn,
-                        verify=settings.verify, enable_thinking=settings.enable_thinking)
+                        verify=settings.verify, enable_thinking=settings.enable_thinking, projector=settings.projector)
 
 
 # --- the service behind the routes ---------------------------------------------------------------------

@@ -130,3 +130,10 @@ def test_known_image_is_not_preprocessed_again(runtime, monkeypatch):
     cold = runtime.chat(conversation(img), **GREEDY)
     assert len(calls) == 2  # embedding needed and not cached: prepared again, lazily
     assert cold.token_ids == first.token_ids
+
+
+def test_projector_engine_is_selectable(tiny_bundle):
+    from edge.projector import Projector
+
+    with Runtime.load(tiny_bundle, device="cpu", n_ctx=512, threads=1, projector="numpy") as rt:
+        assert isinstance(rt.projector, Projector)
