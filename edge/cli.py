@@ -368,7 +368,11 @@ def _quiet_llama():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress lines at INFO; llama.cpp's load/quantize dumps and onnxruntime's quantizer chatter only
+    # with --verbose (llama-cpp-python prints llama.cpp's log when its logger's level admits it).
+    logging.getLogger("edge").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     keep = None
     if not args.verbose:
         logging.getLogger("gguf").setLevel(logging.WARNING)
