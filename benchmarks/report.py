@@ -196,7 +196,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
         L.append("")
     if s["image"]:
         L += ["## Image time to first token (seconds, lower is better)", "",
-              "Same prompt, same decoder GGUF; `onnx-*` = ours (HF-exact preprocessing, ONNX ViT, numpy projector), "
+              "Same prompt, same decoder GGUF; `onnx-*` = ours (HF-exact preprocessing, ONNX ViT, ggml F16 projector), "
               "`mtmd-*` = llama.cpp's vision path with our mmproj of the same weights, `torch-fp32` = transformers.", "",
               "| image | variant | image tokens | preprocess | vision | prefill | TTFT | TTFT vs mtmd-F16 | vision vs mtmd-F16 |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -212,7 +212,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
         L.append("")
     if s.get("vision_profile"):
         L += ["Where our vision time goes (best of N, outside the TTFT runs):", "",
-              "| image | variant | patches | ONNX ViT s | numpy projector s |", "|---|---|---|---|---|"]
+              "| image | variant | patches | ONNX ViT s | projector s (ggml F16) |", "|---|---|---|---|---|"]
         for image, variants in s["vision_profile"].items():
             for v, p in variants.items():
                 L.append(f"| {image} | {v} | {p['patches']} | {_f(p['vit_s'])} | {_f(p['projector_s'])} |")

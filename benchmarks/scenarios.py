@@ -272,7 +272,7 @@ def run_image(cfg: dict) -> list[dict]:
                     d.update(side=side, variant=variant, image=name, rep=rep, quant=quant)
                 if r is not None:
                     runs.append(r)
-    # Where our vision time goes: the ONNX ViT and the numpy projector timed apart (best of `reps`).
+    # Where our vision time goes: the ONNX ViT and the runtime's projector (ggml by default) timed apart (best of `reps`).
     from edge.image import prepare_image
 
     for name, img in images.items():
