@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from convert.checkpoint import Checkpoint, ModelSpec
+from convert.gguf_stream import write_streamed
 from convert.tokenizer_vocab import Vocab, read_vocab
 
 FLOAT_TYPES = {
@@ -152,22 +153,12 @@ def write_float_gguf(ckpt: Checkpoint, path: Path, quant: str, converter_version
     writer = gguf.GGUFWriter(str(path), "glm4", use_temp_file=False)
     try:
         write_metadata(writer, ckpt, vocab, quant, converter_version)
-        loaders = []
-        for name, load, shape in iter_tensors(ckpt, quant):
-            n = int(np.prod(shape))
-            is_vector = len(shape) == 1
-            dtype = gguf.GGMLQuantizationType.F32 if is_vector else qtype
-            byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, dtype)
-            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=dtype)
-            loaders.append((load, n))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for load, n in loaders:
-            data = _encode(load(), qtype)
-            writer.write_tensor_data(np.ascontiguousarray(data).view(np.uint8))
-            if progress is not None:
-                progress.update(n)
+        plan = [
+            (name, shape, gguf.GGMLQuantizationType.F32 if len(shape) == 1 else qtype,
+             lambda load=load: _encode(load(), qtype))
+            for name, load, shape in iter_tensors(ckpt, quant)
+        ]
+        write_streamed(writer, plan, progress.update if progress is not None else None)
     finally:
         writer.close()
 

@@ -38,10 +38,11 @@ from gguf import (
     GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFType, GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_ARCH_NAMES,
     MODEL_TENSOR, TENSOR_NAMES, VisionProjectorType, get_tensor_name_map,
 )
-from gguf.quants import quant_shape_to_byte_shape, quantize
+from gguf.quants import quantize
 
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, read_json
+from convert.gguf_stream import write_streamed
 from convert.vision_onnx import visual_prefix
 from edge.errors import ConversionError
 
@@ -165,17 +166,11 @@ def export_mmproj(ckpt: Checkpoint | str | os.PathLike, out_dir: str | os.PathLi
                 writer.add_vision_use_silu(True)
             writer.add_vision_attention_layernorm_eps(float(spec.rms_norm_eps))
             writer.add_quantization_version(GGML_QUANT_VERSION)
-            loaders = []
-            for name, shape, load in plan:  # tensor infos first, then data one tensor at a time
-                dtype = tensor_type(name, shape, qtype)
-                byte_shape = quant_shape_to_byte_shape(shape, dtype)
-                writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=dtype)
-                loaders.append((load, dtype))
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for load, dtype in loaders:
-                writer.write_tensor_data(np.ascontiguousarray(_encode(load(), dtype)).view(np.uint8))
+            write_streamed(writer, [
+                (name, shape, dtype, lambda load=load, dtype=dtype: _encode(load(), dtype))
+                for name, shape, load in plan
+                for dtype in [tensor_type(name, shape, qtype)]
+            ])
             writer.close()
     except OSError as e:
         raise ConversionError(f"writing {target} failed: {e}") from e
