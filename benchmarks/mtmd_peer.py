@@ -24,6 +24,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp as M
 
+from edge.decoder import FLASH_ATTN, KV_TYPES, cpu_has_amx
+
 _LOG_CB = None
 
 
@@ -45,10 +47,6 @@ def quiet_llama() -> None:
 def default_extra_buffers() -> bool:
     """llama.cpp's repacked/AMX weight buffers: what our Decoder picks (off on AMX CPUs, where llama.cpp's AMX
     matmul segfaults on quantized GLM-4 weights), so that both sides run the same kernels."""
-    try:
-        from edge.decoder import cpu_has_amx
-    except ImportError:  # pragma: no cover - older edge
-        return True
     return not cpu_has_amx()
 
 
@@ -61,9 +59,6 @@ def model_params(extra_buffers: bool | None = None):
     return mparams
 
 
-FLASH = {"on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED, "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-         "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO}
-KV = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 
 
 @dataclass
@@ -91,8 +86,8 @@ class MtmdPeer:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = FLASH[flash_attn]
-        cparams.type_k = cparams.type_v = KV[kv_type]
+        cparams.flash_attn_type = FLASH_ATTN[flash_attn]
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -107,7 +102,7 @@ class MtmdPeer:
         mp.n_threads = threads
         mp.print_timings = False
         mp.warmup = warmup
-        mp.flash_attn_type = FLASH[flash_attn]
+        mp.flash_attn_type = FLASH_ATTN[flash_attn]
         self._mctx = M.mtmd_init_from_file(os.fsencode(str(mmproj)), self._model, mp)
         if not self._mctx:
             self.close()

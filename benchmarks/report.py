@@ -161,7 +161,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
          f"Machine: {m['cpu_model']} ({' '.join(f for f in m.get('cpu_flags', []) if f in SHOWN_FLAGS)}), {m['logical_cores']} logical / "
          f"{m['physical_cores']} physical cores, {m['ram_gb']} GB RAM, {m['os']}; load average "
          f"{m['load_average_at_start']} at start, {info.get('load_average_at_end')} at end (shared machine)  ",
-         f"Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['git_commit']}  ",
+         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['git_commit']}  ",
          f"Model: {info['model']}  ", f"Settings: {info['settings_text']}  ",
          f"Repetitions: {info['reps']} timed (+{info['warmup']} warm-up) per configuration, medians shown; "
          f"total wall time {info['wall_s'] / 60:.1f} min.", ""]
