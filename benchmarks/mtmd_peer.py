@@ -24,7 +24,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp as M
 
-from edge.decoder import FLASH_ATTN, KV_TYPES, cpu_has_amx
+from edge.engine.llama import FLASH_ATTN, KV_TYPES, cpu_has_amx
 
 _LOG_CB = None
 

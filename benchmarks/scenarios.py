@@ -122,7 +122,7 @@ def _user_image(img: bytes, text: str = QUESTION) -> dict:
 def peer_prompt(rt, messages: list[dict], marker: str) -> str:
     """The same rendered prompt (our template) with mtmd's media marker where the image goes; mtmd adds
     <|begin_of_image|> / <|end_of_image|> around the image itself."""
-    from edge.prompt import normalize_messages
+    from edge.chat.template import normalize_messages
 
     clean, _ = normalize_messages(messages)
     text = rt.prompt.render(clean, None, enable_thinking=False)
@@ -238,7 +238,7 @@ def run_text(cfg: dict) -> list[dict]:
 
 def run_image(cfg: dict) -> list[dict]:
     """TTFT of one image + question: our ONNX fp32/int8 vs llama.cpp mtmd with mmproj F16/Q8_0."""
-    from edge.vision import VisionEncoder
+    from edge.vision.encoder import VisionEncoder
 
     quant = cfg["quant"]
     rt = _load_runtime(cfg, quant, "fp32")
@@ -273,7 +273,7 @@ def run_image(cfg: dict) -> list[dict]:
                 if r is not None:
                     runs.append(r)
     # Where our vision time goes: the ONNX ViT and the runtime's projector (ggml by default) timed apart (best of `reps`).
-    from edge.image import prepare_image
+    from edge.vision.image import prepare_image
 
     for name, img in images.items():
         prepared = prepare_image(img, rt.image_config)

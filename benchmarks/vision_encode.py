@@ -32,13 +32,13 @@ def _image(width: int, height: int) -> bytes:
 
 def run_engine(engine: str, checkpoint: Path, export_dir: Path, reps: int, threads: int) -> dict:
     """In this (child) process: load one engine, time it on every image, report medians and peak RSS."""
-    from edge.image import ImageConfig, prepare_image
+    from edge.vision.image import ImageConfig, prepare_image
 
     config = ImageConfig.from_preprocessor_config(json.loads((checkpoint / "preprocessor_config.json").read_text()))
     prepared = {name: prepare_image(_image(*size), config) for name, size in IMAGES.items()}
     if engine.startswith("onnx"):
-        from edge.projector_select import load_projector
-        from edge.vision import VisionEncoder, image_embeddings
+        from edge.vision.select import load_projector
+        from edge.vision.encoder import VisionEncoder, image_embeddings
 
         base_rss = _rss_mb()
         encoder = VisionEncoder(export_dir / f"vision-encoder-{engine.split('-')[1]}.onnx", provider="cpu", threads=threads)

@@ -7,7 +7,7 @@ weights pass 2 GB) and returns the written paths. The graph computes, for one im
     -> depth x [x += proj(attn(RMSNorm x)), non-causal, 2-D RoPE; x += down(silu(gate) * up)(RMSNorm x)]
     -> post_layernorm RMSNorm  ->  vision_hidden [N, hidden]
 
-Inputs/outputs and the metadata that makes the file self-describing are defined by `edge/vision.py`
+Inputs/outputs and the metadata that makes the file self-describing are defined by `edge/vision/encoder.py`
 (`io_description`, `VisionMeta`); `describe_io(spec, dtype)` gives the manifest entry. Opset 17, IR 8.
 Standard ONNX ops throughout (onnxruntime fuses the RMSNorm, SiLU and MatMul+Add patterns itself) except
 attention: com.microsoft MultiHeadAttention by default, measured to pay off on CPU (see ATTENTION);
@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert.checkpoint import Checkpoint, VisionSpec
 from edge.errors import ConversionError
-from edge.vision import INPUT_NAMES, META_PREFIX, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
+from edge.vision.encoder import INPUT_NAMES, META_PREFIX, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
 
 DTYPES = ("fp32", "fp16", "int8")
 OPSET = 17

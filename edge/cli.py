@@ -43,7 +43,7 @@ def _cmd_serve(args) -> None:
     import uvicorn
 
     from edge.demo import resolve_model
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet)
     api_key = args.api_key or os.environ.get("GLM_EDGE_API_KEY") or None
@@ -97,7 +97,7 @@ def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
 
 
 def _cmd_chat(args) -> None:
-    from edge.results import ChatDelta, ChatDone
+    from edge.chat.results import ChatDelta, ChatDone
 
     args.bundle, prompt = _split_chat_args(args.words)
     if args.model:

@@ -5,11 +5,11 @@
 
 Components and how a device choice maps to them (the same rules as the runtime):
   decoder    llama.cpp offload: cpu -> 0 layers; auto -> all layers when llama-cpp-python supports GPU
-             offload; metal/cuda -> all layers, refused when this build has no GPU offload (edge/decoder.py).
+             offload; metal/cuda -> all layers, refused when this build has no GPU offload (edge/engine/llama.py).
   projector  the native ggml library on ggml's device for the choice (auto: GPU, integrated GPU, then CPU;
-             metal/cuda: that backend family), else the numpy projector on the CPU (edge/projector_select.py).
+             metal/cuda: that backend family), else the numpy projector on the CPU (edge/vision/select.py).
   vision     the onnxruntime execution provider: cuda -> CUDA, metal -> CoreML, cpu -> CPU, auto -> the first
-             of CUDA, ROCm, CoreML, DirectML, CPU that this onnxruntime has (edge/vision.py).
+             of CUDA, ROCm, CoreML, DirectML, CPU that this onnxruntime has (edge/vision/encoder.py).
 Nothing here loads a model; it reads llama.cpp's and onnxruntime's capabilities and ggml's device list.
 """
 
@@ -110,7 +110,7 @@ def _onnxruntime_section() -> dict[str, Any]:
 
 
 def _native_section(library: str | Path | None) -> dict[str, Any]:
-    from edge.native_projector import NativeUnavailableError, default_library_path, load_library
+    from edge.vision.native import NativeUnavailableError, default_library_path, load_library
 
     path = Path(library) if library is not None else default_library_path()
     try:
@@ -171,7 +171,7 @@ def _projector_choice(device: str, llama: dict, native: dict) -> dict[str, Any]:
 
 def _vision_choice(device: str, ort_info: dict) -> dict[str, Any]:
     from edge.errors import VisionError
-    from edge.vision import select_providers
+    from edge.vision.encoder import select_providers
 
     choice = _VISION_PROVIDER.get(device, "auto")
     available = ort_info["providers"]

@@ -1,7 +1,7 @@
 """Where request images may come from: the server's media policy, applied before anything is decoded.
 
 `MediaPolicy.resolve(messages)` replaces every image part (`image_url` or `image`) of OpenAI-shaped message
-dicts with `{"type": "image", "image": <bytes>, "min_tokens", "max_tokens"}` (what `edge.prompt` takes),
+dicts with `{"type": "image", "image": <bytes>, "min_tokens", "max_tokens"}` (what `edge.chat.template` takes),
 enforcing:
 - at most `max_images` images per request (400 `too_many_images`) and `max_image_bytes` each (413);
 - `data:` URLs: decoded here (bad base64 -> 400 `invalid_image`);
@@ -12,7 +12,7 @@ enforcing:
 - `http(s)://`: only with `allow_remote`; fetched with httpx, a total time limit, at most
   `max_image_bytes` (streamed, counted), at most 3 redirects; failures are 400 `media_fetch_failed`;
 - any other scheme: 403.
-Everything else about the bytes (format, size in pixels, aspect ratio) is checked by `edge.image` later.
+Everything else about the bytes (format, size in pixels, aspect ratio) is checked by `edge.vision.image` later.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ImageError, ImageTooLargeError, InputError, MediaAccessError
-from edge.image import read_source
-from edge.prompt import DETAIL_MAX_TOKENS
+from edge.vision.image import read_source
+from edge.chat.template import DETAIL_MAX_TOKENS
 
 
 class TooManyImagesError(InputError):

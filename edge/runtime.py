@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.bundle import Bundle, load_bundle
-from edge.cache import ImageEmbeddingCache
-from edge.decoder import Decoder, DecoderOptions
+from edge.vision.cache import ImageEmbeddingCache
+from edge.engine.llama import Decoder, DecoderOptions
 from edge.errors import BundleError
-from edge.generate import Engine, ImageInfo, StopState, layout
-from edge.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
-from edge.parse import StreamParser
-from edge.projector import Projector
-from edge.projector_select import load_projector
-from edge.prompt import ImageRef, PromptBuilder
-from edge.results import ChatDelta, ChatDone, ChatEvent, Timings, Usage
-from edge.sampling import SamplingParams
-from edge.vision import VisionEncoder, image_embeddings
+from edge.engine.generate import Engine, ImageInfo, StopState, layout
+from edge.vision.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
+from edge.chat.parse import StreamParser
+from edge.vision.projector import Projector
+from edge.vision.select import load_projector
+from edge.chat.template import ImageRef, PromptBuilder
+from edge.chat.results import ChatDelta, ChatDone, ChatEvent, Timings, Usage
+from edge.engine.sampling import SamplingParams
+from edge.vision.encoder import VisionEncoder, image_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Helpers for the server tests: real uvicorn servers on 127.0.0.1 (in a thread or a subprocess), a scripted
-engine (test double of `edge.generate.Engine`), SSE parsing and image data URLs."""
+engine (test double of `edge.engine.generate.Engine`), SSE parsing and image data URLs."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class ScriptedEngine:
 def scripted_app(bundle: Path, engine: ScriptedEngine, **settings):
     """An app whose runtime is the real tiny bundle with `engine` in place of the llama.cpp engine."""
     from edge.runtime import Runtime
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     def factory(s):
         rt = Runtime.load(s.bundle, n_ctx=s.ctx_size, enable_thinking=s.enable_thinking, **EXACT)

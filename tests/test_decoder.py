@@ -1,4 +1,4 @@
-"""edge.decoder on its own: options, device choice, quantized files, buffers and positions."""
+"""edge.engine.llama on its own: options, device choice, quantized files, buffers and positions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from convert.checkpoint import Checkpoint
 from convert.pipeline import convert_decoder
-from edge.decoder import Decoder, DecoderOptions, cpu_has_amx, gpu_layers
+from edge.engine.llama import Decoder, DecoderOptions, cpu_has_amx, gpu_layers
 from edge.errors import DecoderError
 
 

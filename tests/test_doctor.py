@@ -8,10 +8,10 @@ import llama_cpp
 import onnxruntime as ort
 import pytest
 
-from edge.decoder import gpu_layers
+from edge.engine.llama import gpu_layers
 from edge.doctor import DEVICE_CHOICES, _decoder_choice, _projector_choice, _vision_choice, doctor_report, format_report
 from edge.errors import DecoderError
-from edge.native_projector import LIB_NAME
+from edge.vision.native import LIB_NAME
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_cpu_always_works(report):
 
 @pytest.mark.parametrize("device", ["metal", "cuda"])
 def test_gpu_choice_agrees_with_the_decoder(report, device):
-    """The doctor refuses a GPU choice exactly when edge/decoder.py would (or when the family is absent)."""
+    """The doctor refuses a GPU choice exactly when edge/engine/llama.py would (or when the family is absent)."""
     try:
         gpu_layers(device)
         decoder_accepts = True

@@ -1,4 +1,4 @@
-"""edge/image.py against transformers' PIL image processor for GLM-4.6V, plus loader and error cases.
+"""edge/vision/image.py against transformers' PIL image processor for GLM-4.6V, plus loader and error cases.
 
 Every image is built in code. The reference gets the same decoded image our loader produces (or the
 raw Pillow image where transformers' own RGB conversion applies), so the comparison covers resize,
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from edge import errors
-from edge.image import (
+from edge.vision.image import (
     ImageConfig, PreparedImage, content_hash, decode_image, pixel_bounds, plan_size, prepare_image, smart_resize,
 )
 

@@ -104,8 +104,8 @@ def test_unknown_quant_is_refused(tiny_checkpoint, tmp_path):
 @pytest.fixture(scope="module")
 def ours(tiny_bundle):
     from edge.bundle import load_bundle
-    from edge.projector import Projector
-    from edge.vision import VisionEncoder
+    from edge.vision.projector import Projector
+    from edge.vision.encoder import VisionEncoder
 
     bundle = load_bundle(tiny_bundle)
     return VisionEncoder(bundle.vision_path("fp32"), provider="cpu", threads=2), Projector(bundle.projector_path)
@@ -114,9 +114,9 @@ def ours(tiny_bundle):
 @pytest.mark.parametrize("quant", list(TOL))
 def test_mtmd_loads_it_and_embeddings_match_ours(mmproj_dir, tiny_bundle, ours, quant):
     from benchmarks.mtmd_peer import MtmdPeer
-    from edge.image import ImageConfig, prepare_image
+    from edge.vision.image import ImageConfig, prepare_image
     from edge.bundle import load_bundle
-    from edge.vision import image_embeddings
+    from edge.vision.encoder import image_embeddings
 
     bundle = load_bundle(tiny_bundle)
     config = ImageConfig.from_preprocessor_config(bundle.manifest["preprocessor"])

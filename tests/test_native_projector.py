@@ -1,4 +1,4 @@
-"""Native ggml projector (native/ + edge/native_projector.py): parity with the numpy reference and transformers,
+"""Native ggml projector (native/ + edge/vision/native.py): parity with the numpy reference and transformers,
 greedy generation with images unchanged, errors, the numpy fallback (library hidden), and the build itself.
 
 Measured on the tiny checkpoint (CPU backend, x86 AVX-512): F32 max relative error vs numpy 8.7e-7 and vs
@@ -23,7 +23,7 @@ from gguf import GGUFWriter
 from convert.checkpoint import Checkpoint
 from convert.projector_gguf import export_projector
 from edge.errors import BundleError, VisionError
-from edge.native_projector import (
+from edge.vision.native import (
     LIB_NAME,
     NativeProjector,
     NativeUnavailableError,
@@ -31,8 +31,8 @@ from edge.native_projector import (
     ggml_devices,
     load_library,
 )
-from edge.projector import Projector
-from edge.projector_select import load_projector
+from edge.vision.projector import Projector
+from edge.vision.select import load_projector
 from tests.conftest import png_bytes
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -235,12 +235,12 @@ def test_unknown_device_is_unavailable(library, files):
 
 
 def _records(caplog):
-    return [r for r in caplog.records if r.name == "edge.projector_select" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "edge.vision.select" and r.levelno >= logging.WARNING]
 
 
 def test_fallback_when_library_is_hidden(files, vit_output, reference, tmp_path, caplog):
     missing = tmp_path / LIB_NAME
-    with caplog.at_level(logging.INFO, logger="edge.projector_select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
         projector = load_projector(files["F32"], library=missing)
     assert isinstance(projector, Projector)
     (record,) = _records(caplog)
@@ -250,7 +250,7 @@ def test_fallback_when_library_is_hidden(files, vit_output, reference, tmp_path,
 
 def test_fallback_through_environment(files, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("GLM_EDGE_NATIVE_LIB", str(tmp_path / "nowhere" / LIB_NAME))
-    with caplog.at_level(logging.INFO, logger="edge.projector_select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
         assert isinstance(load_projector(files["F16"]), Projector)
     assert len(_records(caplog)) == 1
 
@@ -258,14 +258,14 @@ def test_fallback_through_environment(files, tmp_path, monkeypatch, caplog):
 def test_fallback_on_a_library_that_does_not_load(files, tmp_path, caplog):
     fake = tmp_path / LIB_NAME
     fake.write_bytes(b"not an ELF file")
-    with caplog.at_level(logging.INFO, logger="edge.projector_select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
         assert isinstance(load_projector(files["F32"], library=fake), Projector)
     (record,) = _records(caplog)
     assert "cannot be loaded" in record.getMessage()
 
 
 def test_selector_choices(library, files, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="edge.projector_select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
         assert isinstance(load_projector(files["F32"]), NativeProjector)
         assert isinstance(load_projector(files["F32"], prefer="native", device="cpu"), NativeProjector)
         assert isinstance(load_projector(files["F32"], prefer="numpy"), Projector)
@@ -282,7 +282,7 @@ def test_selector_choices(library, files, tmp_path, caplog):
 
 
 def test_greedy_generation_with_images_unchanged(library, tiny_bundle):
-    from edge.cache import ImageEmbeddingCache
+    from edge.vision.cache import ImageEmbeddingCache
     from edge.runtime import Runtime
 
     runtime = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", kv_type="f32", flash_attn="off", n_ctx=1024)

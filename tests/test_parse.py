@@ -1,4 +1,4 @@
-"""edge/parse.py: whole-output results, streaming equivalence at every split, malformed input, boxes."""
+"""edge/chat/parse.py: whole-output results, streaming equivalence at every split, malformed input, boxes."""
 
 import json
 import random
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from edge.boxes import BOX_CLOSE, BOX_OPEN, Box, box_to_pixels, find_boxes
-from edge.parse import (
+from edge.chat.boxes import BOX_CLOSE, BOX_OPEN, Box, box_to_pixels, find_boxes
+from edge.chat.parse import (
     TAGS,
     Delta,
     ParseIssue,

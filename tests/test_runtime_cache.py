@@ -7,7 +7,7 @@ import pytest
 
 from convert.checkpoint import Checkpoint
 from edge.errors import ContextOverflowError
-from edge.positions import image_positions
+from edge.engine.chunks import image_positions
 from edge.runtime import Runtime
 from tests.conftest import png_bytes
 
@@ -133,7 +133,7 @@ def test_known_image_is_not_preprocessed_again(runtime, monkeypatch):
 
 
 def test_projector_engine_is_selectable(tiny_bundle):
-    from edge.projector import Projector
+    from edge.vision.projector import Projector
 
     with Runtime.load(tiny_bundle, device="cpu", n_ctx=512, threads=1, projector="numpy") as rt:
         assert isinstance(rt.projector, Projector)

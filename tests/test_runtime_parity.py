@@ -120,7 +120,7 @@ def test_last_logits_close_with_two_images(runtime, hf_model, hf_tokenizer):
     msgs = [{"role": "user", "content": [image_part(a), image_part(b), {"type": "text", "text": "Which is larger?"}]}]
     build = runtime.prompt.build(msgs)
     prepared = [runtime.prepare(r) for r in build[1]]
-    from edge.generate import ImageInfo, layout
+    from edge.engine.generate import ImageInfo, layout
 
     entries = layout(build[0], [ImageInfo(p.cache_key, p.merged_rows, p.merged_cols) for p in prepared])
     runtime.engine.prefill(entries, runtime._embedder({p.cache_key: p for p in prepared}, *_blank()), reuse=False)
@@ -131,6 +131,6 @@ def test_last_logits_close_with_two_images(runtime, hf_model, hf_tokenizer):
 
 
 def _blank():
-    from edge.results import Timings, Usage
+    from edge.chat.results import Timings, Usage
 
     return Timings(), Usage()

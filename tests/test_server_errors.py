@@ -40,7 +40,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, media):
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     settings = ServerSettings(bundle=tiny_bundle, media_dir=media[0], max_images=2, max_image_bytes=MAX_IMAGE_BYTES,
                               max_body_bytes=MAX_BODY, ctx_size=256, n_batch=256, n_ubatch=256, **EXACT)

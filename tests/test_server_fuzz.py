@@ -24,7 +24,7 @@ EXAMPLES = {"positive": 60, "negative": 40}
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     media = tmp_path_factory.mktemp("fuzz-media")
     settings = ServerSettings(bundle=tiny_bundle, media_dir=media, ctx_size=384, n_batch=384, n_ubatch=384,

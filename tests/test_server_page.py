@@ -58,7 +58,7 @@ def send_with_image(page, base, image_path, text, thinking: bool):
 
 
 def test_page_sends_image_and_streams_answer(page, tiny_bundle, tmp_path):
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     image = tmp_path / "cat.png"
     image.write_bytes(png_bytes(100, 70, seed=1))

@@ -298,7 +298,7 @@ def test_queue_is_fifo_and_bounded(serve):
 def test_health_loading_then_ready_and_load_failure(tiny_bundle):
     from edge.errors import BundleError
     from edge.runtime import Runtime
-    from edge.server import ServerSettings, create_app
+    from edge.api.app import ServerSettings, create_app
 
     release = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Vision encoder: ONNX export (convert/vision_onnx.py) + runtime (edge/vision.py) against transformers fp32.
+"""Vision encoder: ONNX export (convert/vision_onnx.py) + runtime (edge/vision/encoder.py) against transformers fp32.
 
 Parity is measured on the tiny reference checkpoint with random patches; errors are relative to the
 largest reference magnitude. Measured here: fp32 ViT and embeddings ~2e-6, fp16 cosine ~0.99999999,
@@ -18,8 +18,8 @@ from convert.checkpoint import Checkpoint
 from convert.projector_gguf import export_projector
 from convert.vision_onnx import build_vision_model, describe_io, export_vision, visual_prefix
 from edge.errors import VisionError
-from edge.projector import Projector
-from edge.vision import (
+from edge.vision.projector import Projector
+from edge.vision.encoder import (
     VisionEncoder,
     image_embeddings,
     io_description,
@@ -201,7 +201,7 @@ def test_encode_rejects_bad_inputs(ckpt, encoders):
 
 
 def test_provider_selection(caplog):
-    with caplog.at_level(logging.INFO, logger="edge.vision"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.encoder"):
         assert select_providers("auto", ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert "CPUExecutionProvider" in caplog.text
     both = ["CoreMLExecutionProvider", "CPUExecutionProvider"]

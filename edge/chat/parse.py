@@ -24,7 +24,7 @@ Routing
 - Stop tokens `<|endoftext|>`, `<|user|>`, `<|observation|>` are removed wherever they appear.
   Stray tool tags outside a call are removed and reported (`stray_tag`).
 - Grounding: box tags `<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` stay in `content` exactly as
-  written (clients that render them, `edge.boxes.find_boxes` and re-prompting need them); `result.boxes` is the
+  written (clients that render them, `edge.chat.boxes.find_boxes` and re-prompting need them); `result.boxes` is the
   structured extra: coordinates are 0..1000 relative to the image, `box_px` = v/1000 * size.
 
 A rejected call whose name was already streamed gets no arguments delta; `errors` says why, and the
@@ -40,7 +40,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from edge.boxes import Box, find_boxes
+from edge.chat.boxes import Box, find_boxes
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"

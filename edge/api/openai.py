@@ -23,11 +23,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.constraints import GrammarError, build_grammar
+from edge.chat.grammar import GrammarError, build_grammar
 from edge.errors import InputError
-from edge.parse import Box, ToolCallDelta
-from edge.results import ChatDelta, ChatDone, Timings, Usage
-from edge.schemas import ChatCompletionRequest
+from edge.chat.parse import Box, ToolCallDelta
+from edge.chat.results import ChatDelta, ChatDone, Timings, Usage
+from edge.api.schemas import ChatCompletionRequest
 
 
 class RequestError(InputError):

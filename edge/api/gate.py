@@ -14,7 +14,7 @@ import json
 from fastapi.exceptions import RequestValidationError
 
 from edge.errors import ContextOverflowError, GlmEdgeError, ImageError, MediaAccessError
-from edge.metrics import Metrics
+from edge.api.metrics import Metrics
 
 
 # --- errors ------------------------------------------------------------------------------------------

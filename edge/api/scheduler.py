@@ -153,7 +153,7 @@ class Scheduler:
                     self.on_finish(job)
 
     def _run(self, job: Job) -> None:
-        from edge.decoder import DecodeAborted
+        from edge.engine.llama import DecodeAborted
 
         gen = None
         try:

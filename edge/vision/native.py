@@ -1,6 +1,6 @@
 """ctypes binding of the native ggml projector (`native/`, C API in `native/glm_edge_projector.h`).
 
-`NativeProjector(path, device="auto", threads=None)` has the call interface of `edge.projector.Projector`:
+`NativeProjector(path, device="auto", threads=None)` has the call interface of `edge.vision.projector.Projector`:
 `__call__([N, hidden] float32) -> [N / merge^2, out_hidden] float32`, plus `hidden_size`, `out_hidden_size`,
 `intermediate_size`, `merge`, `eps`, `types` and `path`; and `backend` (ggml's name for the device doing
 the work: "CPU", "CUDA0", "MTL0", ...), `device_description`, `weight_bytes`, `weight_buffers` (ggml buffer types holding the weights: "CPU",
@@ -108,7 +108,7 @@ def ggml_devices(library: str | Path | None = None) -> list[dict[str, str]]:
 
 
 class NativeProjector:
-    """The projector graph on a ggml backend; same call interface as `edge.projector.Projector`."""
+    """The projector graph on a ggml backend; same call interface as `edge.vision.projector.Projector`."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  library: str | Path | None = None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge.parse import ParsedOutput, ToolCallDelta
+from edge.chat.parse import ParsedOutput, ToolCallDelta
 
 
 @dataclass

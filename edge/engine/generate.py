@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.cache import Entry, KVPrefix
-from edge.decoder import Decoder
+from edge.engine.kv import Entry, KVPrefix
+from edge.engine.llama import Decoder
 from edge.errors import ContextOverflowError
-from edge.positions import image_positions
-from edge.sampling import Sampler, SamplingParams
+from edge.engine.chunks import image_positions
+from edge.engine.sampling import Sampler, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ImageInfo:
 
 
 def layout(chunks: list, images: list[ImageInfo]) -> list[Entry]:
-    """Entries with their positions, from position 0, for chunks of `edge.prompt` (TextChunk / ImageSlot)."""
+    """Entries with their positions, from position 0, for chunks of `edge.chat.template` (TextChunk / ImageSlot)."""
     entries, pos = [], 0
     for chunk in chunks:
         if hasattr(chunk, "tokens"):

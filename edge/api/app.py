@@ -3,7 +3,7 @@
 Routes: POST /v1/chat/completions (JSON or SSE), GET /v1/models, GET /health, GET /metrics, GET / (chat page).
 The runtime is loaded in the app's lifespan, in a background thread (so /health can answer "loading"),
 by `runtime_factory(settings)`; routes reach it through dependencies (`get_service`), never through module
-state, and tests pass their own factory. Generation is serialised by `edge.scheduler` (FIFO, bounded,
+state, and tests pass their own factory. Generation is serialised by `edge.api.scheduler` (FIFO, bounded,
 429 when full, cancelled when the client disconnects). Every error leaves in OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`; bad input is never a 5xx.
 """
@@ -28,15 +28,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge import __version__
 from edge.errors import GlmEdgeError, InputError
-from edge.http_api import ApiError, Gate, error_body, error_from_exception, validation_message
+from edge.api.gate import ApiError, Gate, error_body, error_from_exception, validation_message
 from edge.media import MediaPolicy
-from edge.metrics import Metrics
-from edge.openai_map import (
+from edge.api.metrics import Metrics
+from edge.api.openai import (
     StreamMapper, completion_json, new_completion_id, plan_request, sse,
 )
-from edge.results import ChatDelta, ChatDone
-from edge.scheduler import END, ERROR, Job, Scheduler
-from edge.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from edge.chat.results import ChatDelta, ChatDone
+from edge.api.scheduler import END, ERROR, Job, Scheduler
+from edge.api.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from edge.errors import BundleError
-from edge.native_projector import NativeProjector, NativeUnavailableError
-from edge.projector import Projector
+from edge.vision.native import NativeProjector, NativeUnavailableError
+from edge.vision.projector import Projector
 
 log = logging.getLogger(__name__)
 

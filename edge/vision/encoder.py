@@ -2,7 +2,7 @@
 
 Contract of a `vision-encoder-<DTYPE>.onnx` (written by `convert/vision_onnx.py`, one image per call):
 
-    pixel_patches  float32 [num_patches, C*T*P*P]  rows in 2x2 merge-block order (edge/image.py)
+    pixel_patches  float32 [num_patches, C*T*P*P]  rows in 2x2 merge-block order (edge/vision/image.py)
     pos_interp     float32 [num_patches, G*G]      bicubic weights over the G x G position table
     rope_cos       float32 [num_patches, head_dim] 2-D rotary cos, rotate-half layout
     rope_sin       float32 [num_patches, head_dim]
@@ -31,7 +31,7 @@ import onnxruntime as ort
 from edge.errors import VisionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge.projector import Projector
+    from edge.vision.projector import Projector
 
 log = logging.getLogger(__name__)
 

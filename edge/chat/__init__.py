@@ -1,0 +1,1 @@
+"""Chat: the checkpoint's template, output parsing (reasoning, tool calls, boxes), grammars and results."""
