@@ -1,7 +1,8 @@
-"""The one exception tree of glm-edge.
+"""The one exception tree of glm-edge: every error raised on purpose is a `GlmEdgeError` defined here.
 
-Every error says what was seen and what was expected. The server maps these classes to HTTP
-statuses (see `http_status`); the CLI prints `str(error)` on one line and exits non-zero.
+Every error says what was seen and what was expected. Each class carries its HTTP status and error code;
+`param` names the offending request field and `headers` adds response headers (Retry-After). The server
+maps them to each API dialect's error shape; the CLI prints `str(error)` on one line and exits non-zero.
 """
 
 
@@ -10,6 +11,8 @@ class GlmEdgeError(Exception):
 
     http_status = 500
     code = "internal_error"
+    param: str | None = None
+    headers: dict | None = None
 
 
 # --- checkpoints, conversion, bundles -------------------------------------------------------
@@ -75,6 +78,16 @@ class EmptyImageError(ImageError):
     """Zero width or height."""
 
 
+class TooManyImagesError(InputError):
+    code = "too_many_images"
+
+
+class MediaFetchError(ImageError):
+    """A remote image could not be fetched (status, size, timeout)."""
+
+    code = "media_fetch_failed"
+
+
 class MediaAccessError(InputError):
     """A media reference points somewhere the server is not allowed to read."""
 
@@ -102,7 +115,81 @@ class TemplateError(InputError):
     code = "invalid_messages"
 
 
+class OptionError(InputError):
+    """A runtime option (CLI flag, server setting, `RuntimeOptions` field) outside its allowed values."""
+
+    code = "invalid_option"
+
+
+class RequestError(InputError):
+    """A request the API refuses; `param` names the offending field (OpenAI's error.param)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request_error",
+                 status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+        self.http_status = status
+
+
+class GrammarError(InputError):
+    """A JSON schema or tool definition cannot be turned into an output grammar."""
+
+    code = "invalid_schema"
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFoundError(InputError):
+    http_status = 404
+    code = "model_not_found"
+    param = "model"
+
+
+# --- server state --------------------------------------------------------------------------------
+
+
+class ModelLoadingError(GlmEdgeError):
+    """The model is still loading."""
+
+    http_status = 503
+    code = "model_loading"
+    headers = {"Retry-After": "2"}
+
+
+class ModelLoadFailedError(GlmEdgeError):
+    http_status = 503
+    code = "model_load_failed"
+
+
+class QueueFullError(GlmEdgeError):
+    """More requests wait than --max-queue allows."""
+
+    http_status = 429
+    code = "queue_full"
+
+
+class ShuttingDownError(GlmEdgeError):
+    http_status = 503
+    code = "shutting_down"
+
+
 # --- runtime -----------------------------------------------------------------------------------
+
+
+class DecodeAborted(GlmEdgeError):
+    """A decode was aborted on request (client gone, server shutting down)."""
+
+    http_status = 499
+    code = "cancelled"
+
+
+class NativeUnavailableError(GlmEdgeError):
+    """The native projector cannot be used here: library not built, ABI mismatch, or no such ggml device."""
+
+    code = "native_unavailable"
 
 
 class DecoderError(GlmEdgeError):

@@ -25,17 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ImageError, ImageTooLargeError, InputError, MediaAccessError
+from edge.errors import ImageError, ImageTooLargeError, MediaAccessError, MediaFetchError, TooManyImagesError
 from edge.vision.image import read_source
 from edge.chat.template import DETAIL_MAX_TOKENS
-
-
-class TooManyImagesError(InputError):
-    code = "too_many_images"
-
-
-class MediaFetchError(ImageError):
-    code = "media_fetch_failed"
 
 
 @dataclass(frozen=True)

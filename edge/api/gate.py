@@ -1,7 +1,7 @@
 """HTTP plumbing of the server that is not about chat: OpenAI-shaped errors and the request gate.
 
-- `error_from_exception(e)` -> (status, {"error": {"message", "type", "param", "code"}}) for our `ApiError`, any
-  `edge.errors.GlmEdgeError` (its `http_status` and `code`) and, as a 500, anything else.
+- `error_from_exception(e)` -> (status, {"error": {"message", "type", "param", "code"}}) for any
+  `edge.errors.GlmEdgeError` (its `http_status`, `code` and `param`) and, as a 500, anything else.
 - `validation_message(exc)`: one readable line and an OpenAI-style `param` path for pydantic's errors.
 - `Gate`: pure ASGI middleware for API-key checks, the body-size limit and request counting.
 """
@@ -20,13 +20,6 @@ from edge.api.metrics import Metrics
 # --- errors ------------------------------------------------------------------------------------------
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
-
-
 def _error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
@@ -40,7 +33,7 @@ def error_body(status: int, message: str, code: str | None, param: str | None = 
 
 
 def _param_for(error: GlmEdgeError) -> str | None:
-    if getattr(error, "param", None):
+    if error.param:
         return error.param
     if isinstance(error, (ImageError, MediaAccessError, ContextOverflowError)):
         return "messages"
@@ -48,8 +41,6 @@ def _param_for(error: GlmEdgeError) -> str | None:
 
 
 def error_from_exception(error: BaseException) -> tuple[int, dict]:
-    if isinstance(error, ApiError):
-        return error.status, error_body(error.status, error.message, error.code, error.param)
     if isinstance(error, GlmEdgeError):
         status = error.http_status
         return status, error_body(status, str(error), error.code, _param_for(error))

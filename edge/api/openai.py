@@ -23,22 +23,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.chat.grammar import GrammarError, build_grammar
-from edge.errors import InputError
-from edge.chat.parse import Box, ToolCallDelta
+from edge.chat.grammar import build_grammar
+from edge.errors import GrammarError, RequestError
+from edge.chat.parse import Box, ParseIssue, ToolCallDelta
 from edge.chat.results import ChatDelta, ChatDone, Timings, Usage
 from edge.api.schemas import ChatCompletionRequest
-
-
-class RequestError(InputError):
-    """A request the API refuses; `param` names the offending field (OpenAI's error.param)."""
-
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request_error",
-                 status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.code = code
-        self.http_status = status
 
 
 @dataclass
@@ -49,7 +38,6 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
-    tool_choice: str = "auto"
 
 
 def _thinking(req: ChatCompletionRequest) -> bool | None:
@@ -180,7 +168,6 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     return Plan(
         messages=_messages(req), tools=prompt_tools, enable_thinking=thinking, overrides=overrides,
         stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        tool_choice=choice,
     )
 
 
@@ -222,6 +209,11 @@ def boxes_json(boxes: list[Box]) -> list[dict]:
              "image_index": b.image_index} for b in boxes]
 
 
+def issues_json(issues: list[ParseIssue]) -> list[dict]:
+    """Extension: output the parser could not use as the format intends (e.g. a malformed tool call)."""
+    return [{"kind": i.kind, "message": i.message, "raw": i.raw} for i in issues]
+
+
 def finish_reason(done: ChatDone) -> str:
     return done.finish_reason if done.finish_reason in ("stop", "length", "tool_calls") else "stop"
 
@@ -236,6 +228,8 @@ def completion_json(done: ChatDone, *, completion_id: str, model: str, created: 
         message["tool_calls"] = [c.to_openai() for c in out.tool_calls]
     if out.boxes:
         message["boxes"] = boxes_json(out.boxes)
+    if out.errors:
+        message["parse_errors"] = issues_json(out.errors)
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -290,6 +284,8 @@ class StreamMapper:
         delta: dict[str, Any] = {}
         if done.output.boxes:
             delta["boxes"] = boxes_json(done.output.boxes)
+        if done.output.errors:
+            delta["parse_errors"] = issues_json(done.output.errors)
         timings = timings_json(done.timings, done.usage, queue_seconds)
         chunks = [self._chunk(delta, finish_reason(done), timings=timings)]
         if self.include_usage:

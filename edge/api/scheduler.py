@@ -22,21 +22,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from edge.errors import GlmEdgeError
+from edge.errors import DecodeAborted, GlmEdgeError, QueueFullError, ShuttingDownError
 
 log = logging.getLogger(__name__)
 
 EVENT, ERROR, END = "event", "error", "end"
-
-
-class QueueFullError(GlmEdgeError):
-    http_status = 429
-    code = "queue_full"
-
-
-class ShuttingDownError(GlmEdgeError):
-    http_status = 503
-    code = "shutting_down"
 
 
 class Job:
@@ -148,12 +138,11 @@ class Scheduler:
                     job.state = "done"
                     job.finished = time.perf_counter()
                     if job.abort_sent:
-                        _clear_abort(self.runtime)
+                        self.runtime.clear_abort()  # no decode consumed it: it would cancel the next job
                 if self.on_finish is not None:
                     self.on_finish(job)
 
     def _run(self, job: Job) -> None:
-        from edge.engine.llama import DecodeAborted
 
         gen = None
         try:
@@ -176,9 +165,3 @@ class Scheduler:
             if gen is not None:
                 gen.close()
 
-
-def _clear_abort(runtime: Any) -> None:
-    """Forget an abort request that no decode consumed (it would cancel the next job's first decode)."""
-    clear = getattr(runtime, "clear_abort", None)  # test doubles of the runtime may not have one
-    if callable(clear):
-        clear()

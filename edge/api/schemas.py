@@ -215,11 +215,17 @@ class ChatCompletion(BaseModel):
     timings: TimingsOut = Field(description="extension: per-stage timings")
 
 
+class SamplingDefault(BaseModel):
+    value: float | int | bool | None
+    source: str  # "generation_config.json" or "transformers default"
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    sampling_defaults: dict[str, SamplingDefault] | None = None  # extension: effective defaults and their source
 
 
 class ModelList(BaseModel):

@@ -1,6 +1,6 @@
 """What a generation returns: streamed events and the final result (shared by the runtime, CLI and server).
 
-A stream is a sequence of `ChatDelta` events (parsed reasoning/content/tool-call fragments, in order)
+A stream is a sequence of `ChatDelta` events (the parser's reasoning/content/tool-call fragments, in order)
 followed by exactly one `ChatDone` carrying the finish reason, the whole parsed output, token counts
 and per-stage timings.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge.chat.parse import ParsedOutput, ToolCallDelta
+from edge.chat.parse import ChatDelta, ParsedOutput
 
 
 @dataclass
@@ -41,13 +41,6 @@ class Timings:
 
     def prefill_tokens_per_second(self, tokens: int) -> float:
         return tokens / self.prefill if self.prefill > 0 else 0.0
-
-
-@dataclass
-class ChatDelta:
-    reasoning: str = ""
-    content: str = ""
-    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass

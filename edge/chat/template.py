@@ -5,7 +5,8 @@
 image), tool-call arguments become mappings. It returns the image references in the order the template
 places them. `PromptBuilder` renders with a sandboxed jinja2 environment configured as transformers does
 (trim/lstrip blocks, a non-escaping `tojson`), splits the text at `<|image|>` and tokenises each text piece
-with special tokens parsed; the caller turns each image reference into its embedding chunk.
+with special tokens parsed: the prompt comes out as segments in order (token ids, or an `ImageRef` where
+the image goes); the runtime turns each into an engine chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from edge.engine.chunks import Chunk
 from edge.errors import InputError, TemplateError
 
 IMAGE_PLACEHOLDER = "<|image|>"
@@ -35,17 +37,7 @@ class ImageRef:
     max_tokens: int | None = None
 
 
-@dataclass(frozen=True)
-class TextChunk:
-    tokens: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ImageSlot:
-    index: int  # into the request's image list
-
-
-Chunk = TextChunk | ImageSlot
+Segment = Chunk | ImageRef  # a prompt in template order: a text chunk, or the image that goes there
 
 DETAIL_MAX_TOKENS = {"low": 256, "high": None, "auto": None}
 
@@ -173,8 +165,9 @@ class PromptBuilder:
             raise TemplateError(f"the chat template rejected these messages: {e}") from e
 
     def build(self, messages: Sequence[dict], tools: list[dict] | None = None, enable_thinking: bool = True
-              ) -> tuple[list[Chunk], list[ImageRef], str]:
-        """(chunks, images, rendered text): text chunks tokenised, one ImageSlot per image in order."""
+              ) -> tuple[list[Segment], list[ImageRef], str]:
+        """(segments, images, rendered text): the prompt in order (text pieces tokenised into text chunks, each
+        image as its ImageRef), the images alone, and the text."""
         clean, images = normalize_messages(messages)
         text = self.render(clean, tools, enable_thinking)
         pieces = text.split(IMAGE_PLACEHOLDER)
@@ -183,10 +176,10 @@ class PromptBuilder:
                 f"the chat template placed {len(pieces) - 1} image(s) but the messages hold {len(images)}; "
                 "images in this position are not supported by the model's template"
             )
-        chunks: list[Chunk] = []
+        segments: list[Segment] = []
         for i, piece in enumerate(pieces):
             if piece:
-                chunks.append(TextChunk(tuple(self.tokenize(piece))))
+                segments.append(Chunk.text(self.tokenize(piece)))
             if i < len(images):
-                chunks.append(ImageSlot(i))
-        return chunks, images, text
+                segments.append(images[i])
+        return segments, images, text

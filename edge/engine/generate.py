@@ -1,61 +1,53 @@
-"""The engine: prefill a chunked prompt with KV-prefix reuse, then sample tokens until a stop.
+"""The engine: prefill a chunked prompt with KV-prefix reuse, then yield sampled token ids until a stop.
 
-It sees token ids, embeddings and positions only. `Engine.prefill` lays the prompt out at M-RoPE positions
-(text: one each; an image: its rows x cols tokens at one start, advancing max(rows, cols)), keeps the longest
-prefix the KV cache already holds and decodes the rest. `Engine.stream` yields text pieces of sampled tokens
-(UTF-8 safe, special tokens rendered so the parser sees `<think>`, `<tool_call>`...), stopping on the
-end-of-generation ids (`<|endoftext|>`, `<|user|>`, `<|observation|>`), stop strings, max tokens or the end
-of the context.
+It sees token ids, embeddings and positions only, and takes no callbacks. The caller sequences it:
+
+    plan = engine.plan(chunks)                 # what the cache reuses; which media embeddings are needed
+    stats = engine.prefill(plan, embeddings)   # {key: [rows*cols, n_embd]} for plan.missing_media
+    for token in engine.generate(params, finish): ...   # ids; `finish.reason` says why it ended
+
+`generate` stops on the end-of-generation ids (`<|endoftext|>`, `<|user|>`, `<|observation|>` as the
+bundle lists them), max tokens or the end of the context; text-level stops (stop strings) are the caller's:
+it closes the generator, and the last token, whose decode nobody needs, is never decoded.
 """
 
 from __future__ import annotations
 
-import codecs
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.engine.kv import Entry, KVPrefix
+from edge.engine.chunks import Chunk, image_positions, starts
+from edge.engine.kv import KVPrefix, Reuse
 from edge.engine.llama import Decoder
-from edge.errors import ContextOverflowError
-from edge.engine.chunks import image_positions
-from edge.engine.sampling import Sampler, SamplingParams
+from edge.engine.sampling import SamplingParams
+from edge.errors import ContextOverflowError, DecoderError
 
 
 @dataclass(frozen=True)
-class ImageInfo:
-    key: str
-    rows: int
-    cols: int
-
-
-def layout(chunks: list, images: list[ImageInfo]) -> list[Entry]:
-    """Entries with their positions, from position 0, for chunks of `edge.chat.template` (TextChunk / ImageSlot)."""
-    entries, pos = [], 0
-    for chunk in chunks:
-        if hasattr(chunk, "tokens"):
-            entry = Entry(pos, tuple(chunk.tokens))
-        else:
-            info = images[chunk.index]
-            entry = Entry(pos, image_key=info.key, rows=info.rows, cols=info.cols)
-        entries.append(entry)
-        pos = entry.end
-    return entries
+class PrefillPlan:
+    chunks: tuple[Chunk, ...]
+    reuse: Reuse
+    cells: int  # prompt tokens incl. media tokens
+    reused: int  # of which the KV cache already holds
+    missing_media: tuple[str, ...] = ()  # keys of media chunks that must be decoded (embeddings needed)
 
 
 @dataclass
 class PrefillStats:
-    cells: int  # prompt tokens incl. image tokens
-    reused: int  # of which came from the KV cache
+    cells: int
+    reused: int
     seconds: float
 
 
 @dataclass
-class StopState:
+class Finish:
+    """Why `Engine.generate` ended ("stop" | "length") and how many ids it yielded."""
+
     reason: str = ""
-    tokens: list[int] = field(default_factory=list)  # generated ids, stop token excluded
+    tokens: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -64,82 +56,71 @@ class Engine:
         self.stop_ids = set(stop_ids)
         self.kv = KVPrefix()
 
-    def prefill(self, entries: list[Entry], embed: Callable[[str], np.ndarray], reuse: bool = True) -> PrefillStats:
-        """Make the KV cache hold exactly `entries`; logits of the last prompt token are then ready."""
-        cells = sum(e.n_cells for e in entries)
+    def forget(self) -> None:
+        """Drop every cached cell: the next prefill decodes everything."""
+        self.kv.reset()
+        self.decoder.truncate(0)
+
+    def plan(self, chunks: Sequence[Chunk], reuse: bool = True) -> PrefillPlan:
+        """What prefilling `chunks` will reuse and decode; refuses a prompt that cannot fit."""
+        chunks = tuple(chunks)
+        cells = sum(c.n_tokens for c in chunks)
         if cells >= self.decoder.n_ctx:
             raise ContextOverflowError(cells + 1, self.decoder.n_ctx, "the prompt (with its image tokens)")
+        kept = self.kv.match(chunks) if reuse else Reuse(0, 0)
+        reused = sum(c.n_tokens for c in chunks[:kept.full]) + kept.partial
+        missing = tuple(dict.fromkeys(c.key for c in chunks[kept.full:] if c.is_media))
+        return PrefillPlan(chunks, kept, cells, reused, missing)
+
+    def prefill(self, plan: PrefillPlan, embeddings: Mapping[str, np.ndarray]) -> PrefillStats:
+        """Make the KV cache hold exactly `plan.chunks`; logits of the last prompt token are then ready."""
+        absent = [k for k in plan.missing_media if k not in embeddings]
+        if absent:
+            raise DecoderError(f"prefill needs the embeddings of {len(absent)} media chunk(s) it was not given")
         start = time.perf_counter()
-        full, partial = self.kv.match(entries) if reuse else (0, 0)
-        reused = sum(e.n_cells for e in entries[:full]) + partial
-        self.decoder.truncate(self.kv.cut(full, partial))
+        full, partial = plan.reuse.full, plan.reuse.partial
+        self.decoder.truncate(self.kv.cut(plan.reuse))
+        last = len(plan.chunks) - 1
         try:
-            for i, entry in enumerate(entries[full:], start=full):
-                last = i == len(entries) - 1
-                if entry.image_key is not None:
-                    emb = embed(entry.image_key)
-                    self.decoder.decode_embeddings(emb, image_positions(entry.start, entry.rows, entry.cols))
+            for i, (pos, chunk) in enumerate(starts(plan.chunks)):
+                if i < full:
+                    continue
+                if chunk.is_media:
+                    self.decoder.decode_embeddings(embeddings[chunk.key], image_positions(pos, chunk.rows, chunk.cols))
                 else:
                     skip = partial if i == full else 0
-                    self.decoder.decode_tokens(entry.tokens[skip:], entry.start + skip, logits_last=last)
+                    self.decoder.decode_tokens(chunk.tokens[skip:], pos + skip, logits_last=i == last)
                 if i == full and partial:
-                    self.kv.entries[-1] = entry  # the kept head of this entry, now complete
+                    self.kv.replace_last(chunk)  # the kept head of this chunk, now complete
                 else:
-                    self.kv.entries.append(entry)
+                    self.kv.append(chunk)
         except BaseException:
             # Whatever was half-decoded is unknown state: forget it all rather than reuse it wrongly.
             self.kv.reset()
             self.decoder.truncate(0)
             raise
-        return PrefillStats(cells, reused, time.perf_counter() - start)
+        return PrefillStats(plan.cells, plan.reused, time.perf_counter() - start)
 
-    def stream(self, params: SamplingParams, state: StopState) -> Iterator[str]:
-        """Yield generated text pieces; on return, `state` says why it stopped and how many tokens."""
-        sampler = Sampler(self.decoder, params)
-        decoder_utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        holdback = max((len(s) for s in params.stop), default=1) - 1
-        pending = ""
-        generated = state.tokens
+    def generate(self, params: SamplingParams, finish: Finish) -> Iterator[int]:
+        """Yield sampled ids after a prefill; `finish` says why it stopped. Penalties see the whole sequence
+        as the reference model's `input_ids` (prompt included, media as their placeholder ids)."""
+        history = self.kv.reference_ids() if params.repetition_penalty != 1.0 else []
+        sampler = self.decoder.sampler(params, history)
         try:
             while True:
                 if self.kv.n_cells + 1 > self.decoder.n_ctx:
-                    state.reason = "length"
-                    break
+                    finish.reason = "length"
+                    return
                 token = sampler.sample()
                 if token in self.stop_ids or self.decoder.is_eog(token):
-                    state.reason = "stop"
-                    break
-                generated.append(token)
-                pending += decoder_utf8.decode(self.decoder.token_bytes(token))
-                hit = _find_stop(pending, params.stop)
-                if hit is not None:
-                    pending = pending[:hit]
-                    state.reason = "stop"
-                    break
-                if len(pending) > holdback:
-                    cut = len(pending) - holdback
-                    yield pending[:cut]
-                    pending = pending[cut:]
-                if len(generated) >= params.max_tokens:
-                    state.reason = "length"  # the last token needs no decode: nothing samples after it
-                    break
-                self._decode_generated(token)
+                    finish.reason = "stop"
+                    return
+                finish.tokens.append(token)
+                yield token
+                if len(finish.tokens) >= params.max_tokens:
+                    finish.reason = "length"  # the last token needs no decode: nothing samples after it
+                    return
+                self.decoder.decode_tokens([token], self.kv.next_position, logits_last=True)
+                self.kv.append_token(token)
         finally:
             sampler.close()
-        pending += decoder_utf8.decode(b"", final=True)
-        if pending:
-            yield pending
-
-    def _decode_generated(self, token: int) -> None:
-        pos = self.kv.next_position
-        self.decoder.decode_tokens([token], pos, logits_last=True)
-        last = self.kv.entries[-1] if self.kv.entries else None
-        if last is not None and last.image_key is None and last.end == pos:
-            self.kv.entries[-1] = Entry(last.start, last.tokens + (token,))
-        else:
-            self.kv.entries.append(Entry(pos, (token,)))
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [text.find(s) for s in stops if s in text]
-    return min(hits) if hits else None
