@@ -302,6 +302,9 @@ def _add_runtime_args(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: serve: all cores but one; chat: all cores)")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=d.thinking,
                    help="reasoning on by default (a request can still choose)")
+    p.add_argument("--parallel", type=int, default=d.parallel,
+                   help="generations decoded together in one context (continuous batching; the KV cache of "
+                        "--ctx-size is shared by all of them); default: 4 with GPU offload, 2 on a CPU")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="llama.cpp n_batch")
     p.add_argument("--ubatch-size", type=int, default=d.ubatch_size, help="llama.cpp n_ubatch (at most --batch-size)")
     p.add_argument("--kv-type", choices=KvType.values(), default=d.kv_type.value, help="KV cache type")

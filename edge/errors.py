@@ -180,7 +180,7 @@ class ShuttingDownError(GlmEdgeError):
 
 
 class DecodeAborted(GlmEdgeError):
-    """A decode was aborted on request (client gone, server shutting down)."""
+    """A decode was aborted because the engine is closing (server shutting down)."""
 
     http_status = 499
     code = "cancelled"
@@ -196,6 +196,14 @@ class DecoderError(GlmEdgeError):
     """llama.cpp refused or failed an operation."""
 
     code = "decoder_error"
+
+
+class KVCacheFullError(DecoderError):
+    """The running sequences together fill the KV cache (one context shared by --parallel sequences)."""
+
+    http_status = 503
+    code = "kv_cache_full"
+    headers = {"Retry-After": "1"}
 
 
 class VisionError(GlmEdgeError):

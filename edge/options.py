@@ -88,6 +88,7 @@ class RuntimeOptions:
     vision_provider: str | None = None  # None: from the device
     projector: ProjectorEngine = ProjectorEngine.AUTO
     verify: Verify = Verify.AUTO
+    parallel: int = 0  # sequences decoded together (--parallel); 0: default_parallel() for the device
     thinking: bool = True  # reasoning on unless a request says otherwise
     image_cache_mb: float = 512.0
     mmap: bool = True
@@ -100,6 +101,8 @@ class RuntimeOptions:
         if not 0 < self.ubatch_size <= self.batch_size <= self.ctx_size:
             raise OptionError(f"need 0 < --ubatch-size ({self.ubatch_size}) <= --batch-size ({self.batch_size}) "
                              f"<= --ctx-size ({self.ctx_size})")
+        if self.parallel < 0:
+            raise OptionError(f"--parallel is {self.parallel}; it must be at least 1 (0: the device's default)")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads is {self.threads}; it must be at least 1")
 
@@ -110,3 +113,10 @@ class RuntimeOptions:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def default_parallel(gpu: bool) -> int:
+    """Sequences decoded together when --parallel is not given: 4 with GPU offload (as llama-server's auto), 2 on
+    a CPU (decode reads the weights once per step for every sequence, so a second stream costs little, while
+    more streams on a few cores lengthen each stream's time per token)."""
+    return 4 if gpu else 2

@@ -8,10 +8,12 @@
 The runtime sequences the stages of a request, each timing itself:
   1. plan the prompt: the checkpoint's template renders the messages into text chunks and media references;
      each medium is described (its chunk: key, rows x cols) without preprocessing an image seen before;
-  2. the engine plans the prefill (what the KV cache reuses, which media embeddings are missing);
+  2. the engine leases a sequence slot and plans its prefill (what its KV cache reuses, which media
+     embeddings are missing);
   3. encode only those media (image cache, else HF-exact preprocessing -> ONNX ViT -> projector);
-  4. prefill; 5. stream generated ids through the detokenizer (stop strings) and the output parser.
-One generation runs at a time (a lock); the server queues requests in front of it.
+  4. the engine's loop prefills and generates, batched with the other running sequences (`--parallel`);
+  5. stream generated ids through the detokenizer (stop strings) and the output parser.
+Several threads may chat at once: up to `parallel` generations run together, more wait for a free slot.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from edge.chat.template import ImageRef, PromptBuilder
 from edge.engine.chunks import Chunk
 from edge.engine.detok import Detokenizer
 from edge.engine.generate import Engine, Finish
-from edge.engine.llama import Decoder
+from edge.engine.llama import Decoder, gpu_layers
 from edge.engine.sampling import SamplingParams, sampling_defaults
 from edge.errors import BundleError
-from edge.options import RuntimeOptions
+from edge.options import RuntimeOptions, default_parallel
 from edge.vision.cache import ImageEmbeddingCache
 from edge.vision.encoder import VisionEncoder, image_embeddings
 from edge.vision.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
@@ -98,7 +100,7 @@ class Runtime:
         self.defaults, self.default_sources = sampling_defaults(bundle.manifest.get("generation") or {})
         self.enable_thinking = options.thinking
         self.stats = RuntimeStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the image memo and caches (the engine has its own)
         # (source sha256, token budget) -> (chunk, original size) of images seen before: a later turn about
         # the same image skips decoding and resizing it unless its embedding is needed again.
         self._image_meta: OrderedDict[tuple, tuple[Chunk, tuple[int, int]]] = OrderedDict()
@@ -109,6 +111,8 @@ class Runtime:
         """Load and verify a bundle. `options` (or its fields as keywords) pick the device, context, KV type...;
         `engine_factory(decoder, stop_ids)` builds the engine (tests pass a scripted one)."""
         options = (options or RuntimeOptions()).with_(**fields)
+        if not options.parallel:
+            options = options.with_(parallel=default_parallel(gpu_layers(options.device) > 0))
         bundle = load_bundle(path, verify=str(options.verify))
         dtype = options.vision_dtype or bundle.vision_variants[0]
         decoder = Decoder(str(bundle.decoder_path), options)
@@ -184,29 +188,31 @@ class Runtime:
 
     def stream_chat(self, messages: Sequence[dict], tools: list[dict] | None = None,
                     enable_thinking: bool | None = None, sampling: SamplingParams | None = None,
-                    **overrides) -> Iterator[ChatEvent]:
-        """Yield ChatDelta events and one final ChatDone. `overrides` are SamplingParams fields."""
+                    cancel: threading.Event | None = None, **overrides) -> Iterator[ChatEvent]:
+        """Yield ChatDelta events and one final ChatDone. `overrides` are SamplingParams fields; setting
+        `cancel` stops the generation at the engine's next step (finish reason "cancelled")."""
         started = time.perf_counter()
         thinking = self.enable_thinking if enable_thinking is None else enable_thinking
         params = (sampling or self.defaults).with_overrides(**overrides)
         timings, usage = Timings(), Usage()
         t = time.perf_counter()
-        prompt = self.build_prompt(messages, tools, thinking)
+        with self._lock:
+            prompt = self.build_prompt(messages, tools, thinking)
         timings.preprocess = time.perf_counter() - t
         parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=prompt.sizes or None)
         finish = Finish()
         pieces: list[str] = []
-        with self._lock:
-            plan = self.engine.plan(prompt.chunks)
-            embeddings = self.embed(prompt, plan.missing_media, timings, usage)
-            timings.prefill = self.engine.prefill(plan, embeddings).seconds
+        lease = self.engine.acquire(prompt.chunks)
+        with lease:
+            with self._lock:
+                embeddings = self.embed(prompt, lease.plan.missing_media, timings, usage)
             detok = Detokenizer(self.decoder.token_bytes, params.stop)
-            t = time.perf_counter()
-            tokens = self.engine.generate(params, finish)
+            tokens = lease.run(embeddings, params, finish, cancel)
             try:
                 for token in tokens:
                     if not timings.first_token:
                         timings.first_token = time.perf_counter() - started
+                        t = time.perf_counter()
                     piece = detok.feed(token)
                     if piece:
                         pieces.append(piece)
@@ -218,7 +224,8 @@ class Runtime:
                         break
             finally:
                 tokens.close()
-            timings.decode = time.perf_counter() - t
+        timings.prefill = finish.prefill_seconds
+        timings.decode = time.perf_counter() - t if timings.first_token else 0.0
         rest = detok.flush()
         pieces.append(rest)
         tail = parser.feed(rest) if rest else ChatDelta()
@@ -229,6 +236,7 @@ class Runtime:
         output = parser.result
         for issue in output.errors:
             log.warning("model output not used as %s: %s (%r)", issue.kind, issue.message, issue.raw[:200])
+        plan = lease.plan
         media_chunks = [c for c in prompt.chunks if c.is_media]
         usage.prompt_tokens, usage.cached_tokens = plan.cells, plan.reused
         usage.image_tokens = sum(c.n_tokens for c in media_chunks)
@@ -255,20 +263,17 @@ class Runtime:
         for stage in s.stage_seconds:
             s.stage_seconds[stage] += getattr(timings, stage)
 
+    @property
+    def parallel(self) -> int:
+        """How many generations run together (the engine's sequence slots)."""
+        return self.options.parallel
+
     def forget_prefix(self) -> None:
         """The next request decodes its whole prompt (cold runs in tests and benchmarks)."""
-        with self._lock:
-            self.engine.forget()
-
-    def abort(self) -> None:
-        """Stop the running generation's current llama.cpp decode as soon as possible (thread-safe)."""
-        self.decoder.request_abort()
-
-    def clear_abort(self) -> None:
-        """Drop an abort that arrived after the decode it was meant for had finished."""
-        self.decoder.clear_abort()
+        self.engine.forget()
 
     def close(self) -> None:
+        self.engine.close()
         self.decoder.close()
 
     def __enter__(self):

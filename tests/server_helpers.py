@@ -120,8 +120,8 @@ def sse_events(response: httpx.Response) -> list:
 
 
 class ScriptedEngine:
-    """An engine double (`edge.engine.generate.Engine`'s plan/prefill/generate): prefill only records the
-    chunks, generate yields the ids of scripted text pieces.
+    """An engine double (`edge.engine.generate.Engine`'s acquire -> lease.run): the lease records the prompt
+    chunks and yields the ids of scripted text pieces.
 
     `script` is a list of pieces (an exception instance in it is raised there), or a callable(params) -> list
     (to vary per request). `delay` seconds pass before each piece; `gate` (a threading.Event) if given must be
@@ -139,49 +139,66 @@ class ScriptedEngine:
         self.last_entries: list = []
         self.last_params = None
         self.decoder = None
+        self.busy_slots = 0
 
     def factory(self, decoder, stop_ids):
         self.decoder = decoder
         return self
 
-    def plan(self, chunks, reuse=True):
+    @property
+    def stats(self):
+        from edge.engine.generate import EngineStats
+
+        return EngineStats()
+
+    def acquire(self, chunks, reuse=True):
         from edge.engine.generate import PrefillPlan
         from edge.engine.kv import Reuse
 
-        return PrefillPlan(tuple(chunks), Reuse(0, 0), sum(c.n_tokens for c in chunks), 0)
+        return ScriptedLease(self, PrefillPlan(tuple(chunks), Reuse(0, 0), sum(c.n_tokens for c in chunks), 0))
 
-    def prefill(self, plan, embeddings):
-        from edge.engine.generate import PrefillStats
+    def close(self):
+        pass
 
-        self.prefills += 1
-        self.last_entries = list(plan.chunks)
-        return PrefillStats(plan.cells, 0, 0.0)
 
-    def generate(self, params, finish):
-        self.last_params = params
-        pieces = self.script(params) if callable(self.script) else self.script
-        self.log.append((params.max_tokens, "start"))
+class ScriptedLease:
+    def __init__(self, engine: ScriptedEngine, plan):
+        self.engine, self.plan = engine, plan
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def run(self, embeddings, params, finish, cancel=None):
+        engine = self.engine
+        engine.prefills += 1
+        engine.last_entries = list(self.plan.chunks)
+        engine.last_params = params
+        pieces = engine.script(params) if callable(engine.script) else engine.script
+        engine.log.append((params.max_tokens, "start"))
         finished = False
         try:
-            if self.gate is not None:
-                while not self.gate.wait(0.01):
+            if engine.gate is not None:
+                while not engine.gate.wait(0.01):
                     pass
             for piece in pieces:
-                if self.delay:
-                    time.sleep(self.delay)
+                if engine.delay:
+                    time.sleep(engine.delay)
                 if len(finish.tokens) >= params.max_tokens:
                     finish.reason = "length"
                     finished = True
                     return
                 if isinstance(piece, BaseException):
                     raise piece
-                for token in self.decoder.tokenize(piece):
+                for token in engine.decoder.tokenize(piece):
                     finish.tokens.append(token)
                     yield token
-            finish.reason = self.reason
+            finish.reason = engine.reason
             finished = True
         finally:
-            self.log.append((params.max_tokens, "done" if finished else "closed"))
+            engine.log.append((params.max_tokens, "done" if finished else "closed"))
 
 
 def scripted_app(bundle: Path, engine: ScriptedEngine, runtime: RuntimeOptions | None = None, **settings):

@@ -120,9 +120,8 @@ def test_last_logits_close_with_two_images(runtime, hf_model, hf_tokenizer):
     msgs = [{"role": "user", "content": [image_part(a), image_part(b), {"type": "text", "text": "Which is larger?"}]}]
     prepared = [runtime.prepare(r) for r in runtime.prompt.build(msgs)[1]]
     prompt = runtime.build_prompt(msgs)
-    plan = runtime.engine.plan(prompt.chunks, reuse=False)
-    runtime.engine.prefill(plan, runtime.embed(prompt, plan.missing_media))
-    ours_logits = runtime.decoder.logits()
+    with runtime.engine.acquire(prompt.chunks, reuse=False) as lease:
+        ours_logits = lease.prompt_logits(runtime.embed(prompt, lease.plan.missing_media))
     ref = hf_last_logits(hf_model, hf_tokenizer, hf_messages(msgs), prepared)
     err = np.abs(ours_logits - ref).max()
     assert err < 2e-4, err  # logits have std ~4; measured ~2e-5

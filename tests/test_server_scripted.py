@@ -271,7 +271,7 @@ def _post_in_thread(url, body, results, key):
 def test_queue_is_fifo_and_bounded(serve):
     gate = threading.Event()
     engine = ScriptedEngine(lambda p: [f"#{p.max_tokens}"], gate=gate)
-    srv, _ = serve(None, engine=engine, max_queue=3, runtime=RuntimeOptions(thinking=False))
+    srv, _ = serve(None, engine=engine, max_queue=3, runtime=RuntimeOptions(thinking=False, parallel=1))
     url = srv.base + "/v1/chat/completions"
     results, threads = {}, []
     threads.append(_post_in_thread(url, chat_body(max_tokens=100), results, 100))

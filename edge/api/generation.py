@@ -4,8 +4,8 @@
     first = await gen.first()              # errors before the first event become a normal HTTP error
     async for event in gen.events: ...     # ChatDelta ..., ChatDone (or `done = await gen.final(first)`)
 
-`prepare()` (async) resolves the request's media and returns the job body (a callable returning the runtime's
-event iterator). The stream owns everything around it, in one place: queueing (429 when full), watching for
+`prepare()` (async) resolves the request's media and returns the job body: `start(cancel)` returning the
+runtime's event iterator (the runtime stops that generation when the `cancel` event is set). The stream owns everything around it, in one place: queueing (429 when full), watching for
 the client's disconnect, cancelling the job whenever the stream ends early (client gone, error, consumer
 stopped), and counting the outcome exactly once (`<route>_total{outcome, mode}`) with the usage metrics.
 """
@@ -13,6 +13,7 @@ stopped), and counting the outcome exactly once (`<route>_total{outcome, mode}`)
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from edge.api.service import Service
 from edge.chat.results import ChatDone
 from edge.errors import GlmEdgeError
 
-Prepare = Callable[[], Awaitable[Callable[[], Iterator[Any]]]]
+Prepare = Callable[[], Awaitable[Callable[[threading.Event], Iterator[Any]]]]
 
 
 class Cancelled(Exception):
@@ -65,8 +66,8 @@ class Generation:
     async def _events(self) -> AsyncIterator[Any]:
         svc, outcome, watcher = self.svc, "error", None
         try:
-            run = await self.prepare()
-            self.job = job = Job(run, asyncio.get_running_loop())
+            start = await self.prepare()
+            self.job = job = Job(start, asyncio.get_running_loop())
             try:
                 svc.scheduler.submit(job)
             except GlmEdgeError:

@@ -44,8 +44,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
         messages = await svc.media.resolve(plan.messages, svc.http_client)
         svc.metrics.inc("images_total", svc.media.count(plan.messages))
         runtime = svc.runtime
-        return lambda: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
-                                           **plan.overrides)
+        return lambda cancel: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
+                                                  cancel=cancel, **plan.overrides)
 
     gen = Generation(svc, request, prepare, route="chat_completions", mode="stream" if plan.stream else "json")
     completion_id = new_completion_id()

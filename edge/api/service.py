@@ -36,12 +36,12 @@ class RuntimeLike(Protocol):
     defaults: Any  # edge.engine.sampling.SamplingParams
     default_sources: dict[str, str]
 
+    engine: Any  # .busy_slots, .stats (steps, step_tokens, generated)
+    parallel: int  # generations that run together
+
     def stream_chat(self, messages: Sequence[dict], tools: list[dict] | None = None,
-                    enable_thinking: bool | None = None, **overrides) -> Iterator[Any]: ...
-
-    def abort(self) -> None: ...
-
-    def clear_abort(self) -> None: ...
+                    enable_thinking: bool | None = None, cancel: threading.Event | None = None,
+                    **overrides) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
 
@@ -118,7 +118,7 @@ class Service:
         digest = (runtime.bundle.manifest.get("decoder") or {}).get("sha256", "")[:12]
         if digest:
             self.fingerprint = f"glm-edge-{__version__}-{digest}"
-        self.scheduler = Scheduler(runtime, self.settings.max_queue, on_finish=self._finished)
+        self.scheduler = Scheduler(runtime.parallel, self.settings.max_queue, on_finish=self._finished)
         self.status = "ready"
         self.loaded.set()
         log.info("model ready in %.1f s", time.perf_counter() - started)
@@ -143,10 +143,13 @@ class Service:
 
     def gauges(self) -> dict[str, float]:
         sched = self.scheduler
+        rt = self.runtime
         return {
             "queue_depth": sched.depth if sched else 0,
             "generation_running": sched.running if sched else 0,
             "model_loaded": 1 if self.status == "ready" else 0,
+            "slots_total": rt.parallel if rt is not None else 0,
+            "slots_busy": rt.engine.busy_slots if rt is not None else 0,
         }
 
     def runtime_counters(self) -> dict[str, float]:
@@ -158,6 +161,9 @@ class Service:
             "runtime_image_cache_hits_total": rt.stats.image_cache_hits,
             "runtime_kv_cached_prompt_tokens_total": rt.stats.cached_prompt_tokens,
             "runtime_image_cache_bytes": rt.image_cache.bytes,
+            "engine_steps_total": rt.engine.stats.steps,
+            "engine_step_tokens_total": rt.engine.stats.step_tokens,
+            "engine_generated_tokens_total": rt.engine.stats.generated,
         }
 
 

@@ -1,9 +1,10 @@
 """A thin owner of llama.cpp (through llama-cpp-python's low-level API) for the GLM-4 M-RoPE decoder.
 
-It loads the GGUF, creates one context (one sequence), and decodes two kinds of chunks at positions the
-caller chooses: token chunks (1-D positions; llama.cpp broadcasts them to the t/h/w sections) and image
-embedding chunks with section-major 4xN positions held in our own buffer, because `llama_batch_init`
-allocates only N. Inputs longer than `n_batch` are split here: an embedding batch over `n_batch` makes
+It loads the GGUF, creates one context holding `parallel` sequences over one unified KV cache (every
+sequence may use the whole context; together they share its cells), and decodes two kinds of batches at
+positions and sequences the caller chooses: token batches (1-D positions; llama.cpp broadcasts them to the
+t/h/w sections; several sequences may share one batch) and image embedding batches of one sequence with
+section-major 4xN positions held in our own buffer, because `llama_batch_init` allocates only N. Inputs longer than `n_batch` are split here: an embedding batch over `n_batch` makes
 llama.cpp abort the whole process. It knows nothing of chat formats or images; `close()` frees
 everything deterministically (also on garbage collection).
 """
@@ -22,7 +23,7 @@ import numpy as np
 from llama_cpp.llama_grammar import SchemaConverter  # noqa: F401  (JSON schema -> GBNF, for edge.chat.grammar)
 
 from edge.engine.sampling import SamplingParams
-from edge.errors import DecodeAborted, DecoderError, InputError
+from edge.errors import DecodeAborted, DecoderError, InputError, KVCacheFullError
 from edge.options import Device, FlashAttn, KvType, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class Decoder:
         cparams.n_ctx = options.ctx_size
         cparams.n_batch = options.batch_size
         cparams.n_ubatch = options.ubatch_size
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = options.parallel
+        cparams.kv_unified = True
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = KV_TYPES[options.kv_type]
@@ -111,6 +113,7 @@ class Decoder:
             raise DecoderError(f"llama.cpp could not create a context of {options.ctx_size} tokens (out of memory?)")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_seq = options.parallel
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
         self._tok_batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -158,20 +161,31 @@ class Decoder:
 
     # --- decoding ---------------------------------------------------------------------------------
 
-    def decode_tokens(self, tokens: Sequence[int], start: int, logits_last: bool = True) -> None:
-        """Decode `tokens` at positions start, start+1, ...; logits only for the last one if asked."""
-        batch = self._tok_batch
+    def decode_tokens(self, tokens: Sequence[int], start: int, logits_last: bool = True, seq: int = 0) -> None:
+        """Decode `tokens` of sequence `seq` at positions start, start+1, ...; logits only for the last one if
+        asked."""
         for off in range(0, len(tokens), self.n_batch):
             part = tokens[off : off + self.n_batch]
             last_part = off + self.n_batch >= len(tokens)
-            for i, tok in enumerate(part):
-                batch.token[i] = tok
-                batch.pos[i] = start + off + i
-                batch.logits[i] = 1 if (logits_last and last_part and i == len(part) - 1) else 0
-            batch.n_tokens = len(part)
-            self._decode(batch)
+            self.decode_batch(part, range(start + off, start + off + len(part)), [seq] * len(part),
+                              [logits_last and last_part and i == len(part) - 1 for i in range(len(part))])
 
-    def decode_embeddings(self, embeddings: np.ndarray, positions: np.ndarray) -> None:
+    def decode_batch(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int],
+                     logits: Sequence[bool]) -> None:
+        """One llama_decode of up to n_batch tokens, each with its own position and sequence; the logits of
+        the i-th token (where asked) are then `logits(i)`."""
+        if len(tokens) > self.n_batch:
+            raise DecoderError(f"a batch of {len(tokens)} tokens exceeds n_batch {self.n_batch}")
+        batch = self._tok_batch
+        for i, (tok, pos, seq, want) in enumerate(zip(tokens, positions, seqs, logits)):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = 1 if want else 0
+        batch.n_tokens = len(tokens)
+        self._decode(batch)
+
+    def decode_embeddings(self, embeddings: np.ndarray, positions: np.ndarray, seq: int = 0) -> None:
         """Decode rows of `embeddings` [n, n_embd] at M-RoPE `positions` [4, n] (int32), no logits."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.n_embd:
@@ -188,6 +202,7 @@ class Decoder:
                 ctypes.memmove(self._pos4, pos.ctypes.data, pos.nbytes)
                 for i in range(n):
                     batch.logits[i] = 0
+                    batch.seq_id[i][0] = seq
                 batch.n_tokens = n
                 self._decode(batch)
         finally:
@@ -198,31 +213,27 @@ class Decoder:
         if rc == 2:
             self._abort.clear()
             raise DecodeAborted("generation cancelled")
+        if rc == 1:
+            raise KVCacheFullError(f"the KV cache has no room for a batch of {batch.n_tokens} more tokens")
         if rc != 0:
             raise DecoderError(f"llama_decode failed with code {rc} for a batch of {batch.n_tokens}")
 
-    def logits(self) -> np.ndarray:
-        """Logits of the last token decoded with logits requested (a copy)."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+    def logits(self, i: int = -1) -> np.ndarray:
+        """Logits of the i-th token of the last batch (default: its last one with logits), a copy."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
         if not ptr:
             raise DecoderError("no logits available: decode a token chunk with logits_last=True first")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def truncate(self, position: int) -> None:
-        """Forget every KV cell at `position` or later (0 forgets all)."""
-        if position <= 0:
-            llama_cpp.llama_memory_clear(self._mem, True)
-        elif not llama_cpp.llama_memory_seq_rm(self._mem, 0, position, -1):
-            llama_cpp.llama_memory_clear(self._mem, True)
-            raise DecoderError(f"could not truncate the KV cache at position {position}")
+    def truncate(self, position: int, seq: int = 0) -> None:
+        """Forget every KV cell of sequence `seq` at `position` or later (0: all of its cells)."""
+        if not llama_cpp.llama_memory_seq_rm(self._mem, seq, max(position, 0), -1):
+            llama_cpp.llama_memory_seq_rm(self._mem, seq, 0, -1)
+            raise DecoderError(f"could not truncate the KV cache of sequence {seq} at position {position}")
 
     def request_abort(self) -> None:
-        """Make the running (or next) llama_decode return early; thread-safe."""
+        """Make the running (or next) llama_decode return early (shutdown); thread-safe."""
         self._abort.set()
-
-    def clear_abort(self) -> None:
-        """Forget an abort request that came too late to stop a decode (before the next job starts)."""
-        self._abort.clear()
 
     def close(self) -> None:
         if self._batches:
@@ -288,8 +299,9 @@ class Sampler:
             seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
             add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
 
-    def sample(self) -> int:
-        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, -1)
+    def sample(self, i: int = -1) -> int:
+        """Pick from the logits of the i-th token of the last batch and accept the pick."""
+        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, i)
 
     def close(self) -> None:
         if self._chain:
