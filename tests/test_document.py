@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from benchmarks.pdf_fuzz import build_pdf, stream
 from edge import errors
-from edge.vision.document import DocumentOptions, page_size, plan_pages, token_limits
-from edge.vision.image import ImageConfig, decode_image, prepare_image, preprocess
+from edge.vision.document import DocumentOptions, page_note, page_size, plan_pages, token_limits
+from edge.vision.image import ImageConfig, decode_image, pixel_bounds, prepare_image, preprocess
 from edge.vision.pdf import render_pdf
 from edge.vision.pdf_worker import PdfRenderer
 
@@ -118,20 +118,25 @@ def test_rendered_pages_show_the_page_content_in_order():
         assert np.abs(px[int(h * 0.1), int(w * 0.15)].astype(int) - (200, 0, 0)).max() <= 3  # the red box
 
 
-def test_a_page_enters_the_image_path_unresampled_and_equals_transformers():
-    """The page PNG, preprocessed as an ordinary image, keeps its size (no second resample) and equals
-    transformers' GLM-4.6V image processor on the same PNG (grid and pixel values)."""
-    doc = render_pdf(PDF, CONFIG, DocumentOptions(page_tokens=300))
-    hf = HFProcessor(**PREPROCESSOR_CONFIG)
+@pytest.mark.parametrize("budget", [8, 300])
+def test_a_page_enters_the_image_path_unresampled_and_equals_transformers(budget):
+    """The page PNG, preprocessed as an ordinary image with max_tokens=n_tokens, keeps its size (no second
+    resample) and equals transformers' GLM-4.6V image processor on the same PNG (grid and pixel values)."""
+    doc = render_pdf(PDF, CONFIG, DocumentOptions(page_tokens=budget))
     for page in doc.pages:
         budgeted = prepare_image(page.png, CONFIG, max_tokens=page.n_tokens)
         plain = prepare_image(page.png, CONFIG)
-        for prep in (budgeted, plain):
-            assert prep.resized_size == prep.original_size == (page.width, page.height)
-            assert (prep.merged_rows, prep.merged_cols, prep.n_tokens) == (page.rows, page.cols, page.n_tokens)
+        assert budgeted.resized_size == budgeted.original_size == (page.width, page.height)
+        assert (budgeted.merged_rows, budgeted.merged_cols, budgeted.n_tokens) == (page.rows, page.cols, page.n_tokens)
+        # Without a budget the preprocessor's minimum (8 tokens here) scales up a page below it.
+        below_minimum = page.n_tokens * CONFIG.pixels_per_token < CONFIG.min_pixels
+        assert (plain.resized_size == (page.width, page.height)) is not below_minimum
+        if budget == 8:
+            assert page.n_tokens <= 8
         rgb = decode_image(page.png)
         assert np.array_equal(budgeted.pixel_patches, preprocess(rgb, CONFIG, (page.height, page.width)))
-        out = hf(images=[rgb])
+        lo, hi = pixel_bounds(CONFIG, max_tokens=page.n_tokens)  # what max_tokens means in HF's size terms
+        out = HFProcessor(**{**PREPROCESSOR_CONFIG, "size": {"shortest_edge": lo, "longest_edge": hi}})(images=[rgb])
         assert tuple(int(v) for v in np.asarray(out["image_grid_thw"])[0]) == budgeted.grid_thw
         assert np.allclose(np.asarray(out["pixel_values"]), budgeted.pixel_patches, atol=1e-6, rtol=0)
 
@@ -167,6 +172,19 @@ def test_page_range(options, numbers):
     assert [p.number for p in doc.pages] == numbers
     full = {p.number: p.png for p in render_pdf(PDF, CONFIG).pages}
     assert all(p.png == full[p.number] for p in doc.pages)  # a page renders the same in any selection
+
+
+def test_page_note_only_when_image_k_is_not_page_k():
+    def note(**kw):
+        return page_note(render_pdf(PDF, CONFIG, DocumentOptions(page_tokens=8, **kw)))
+
+    assert note() is None and note(pages="1-2") is None and note(last_page=1) is None
+    assert note(pages="2-3") == "The following 2 images are pages 2-3 of a 3-page PDF."
+    assert note(pages="1,3") == "The following 2 images are pages 1, 3 of a 3-page PDF."
+    assert note(first_page=3) == "The following image is page 3 of a 3-page PDF."
+    data = pdf_with_pages([(100, 100)] * 12)
+    doc = render_pdf(data, CONFIG, DocumentOptions(pages="3-5,9,11-12", page_tokens=8))
+    assert page_note(doc) == "The following 6 images are pages 3-5, 9, 11-12 of a 12-page PDF."
 
 
 @pytest.mark.parametrize("options, message", [

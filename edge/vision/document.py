@@ -9,14 +9,26 @@ Contract (pure Python; no PDF library here, see `edge.vision.pdf` for rendering)
 - `page_size(width_pt, height_pt, config, page_tokens)` is the rendered size in pixels: the page is
   scaled to about `page_tokens` merged blocks, then put through the model's own `smart_resize` with
   that budget as its pixel maximum, so the result is a multiple of `config.factor` on both sides and
-  rows * cols <= page_tokens. A page rendered at exactly this size and preprocessed with
-  `max_tokens=n_tokens` is not resampled again (smart_resize returns the size unchanged).
+  rows * cols <= page_tokens (the budget beats the preprocessor's minimum, as in `plan_size`). A page
+  rendered at exactly this size and preprocessed with `max_tokens=n_tokens` is not resampled again
+  (smart_resize returns the size unchanged); without a budget too, unless the page is under the
+  preprocessor's minimum pixels (tiny per-page budgets), which smart_resize would scale up.
 - `plan_document` applies `token_allowance` (total image tokens for all selected pages): when the pages
   do not fit it raises DocumentBudgetError saying how many pages fit at the asked budget and at which
   lower per-page budget all of them would; with `min_page_tokens` (opt-in) it lowers the per-page budget,
   not below that floor, instead of refusing.
 - Page dimensions are checked in PDF points: finite, each side 3..14400 (PDF's own implementation
   limits) and an aspect ratio within the model's 200:1.
+
+How the model is told page numbers: the checkpoint's chat template knows text, image and video parts
+only (a `file` part must be expanded before rendering, or it is refused/dropped) and renders each image
+as `<|begin_of_image|><|image|><|end_of_image|>` with nothing between consecutive images. Pages therefore
+enter as consecutive image parts in document order and nothing is added when image k is page k (the whole
+document or its first pages): that is exactly the prompt of the same pages sent as images. Only when the
+selection skips pages (image k is not page k) does `page_note` give one plain sentence to put as a text
+part before the first page image ("The following 3 images are pages 3-5 of a 12-page PDF."): without it
+the model cannot know which pages it sees, and a text part is something the template renders as it is;
+no per-page labels and no markup of our own.
 """
 
 from __future__ import annotations
@@ -182,8 +194,11 @@ def page_size(width_pt: float, height_pt: float, config: ImageConfig, page_token
     scale = math.sqrt(page_tokens * f * f / (width_pt * height_pt))
     w, h = max(1, round(width_pt * scale)), max(1, round(height_pt * scale))
     hi = page_tokens * config.pixels_per_token
-    h, w = smart_resize(h, w, factor=f, min_pixels=min(config.min_pixels, hi), max_pixels=hi,
-                        temporal_factor=config.temporal_patch_size)
+    kw = dict(factor=f, max_pixels=hi, temporal_factor=config.temporal_patch_size)
+    h0, w0 = h, w
+    h, w = smart_resize(h0, w0, min_pixels=min(config.min_pixels, hi), **kw)
+    if (h // f) * (w // f) > page_tokens:  # rounding up to the minimum passed the budget: the budget wins
+        h, w = smart_resize(h0, w0, min_pixels=1, **kw)
     if (h // f) * (w // f) > page_tokens:  # only at extreme aspect ratios with a small budget
         raise PageSizeError(f"a {width_pt:g} x {height_pt:g} pt page needs at least {(h // f) * (w // f)} tokens "
                             f"({w // f} x {h // f} blocks) at its aspect ratio; the per-page budget is {page_tokens}")
@@ -254,3 +269,21 @@ def page_cache_key(document_sha256: str, number: int, page_tokens: int, width: i
     """Key of one rendered page: equal keys mean equal PNG bytes."""
     text = f"{document_sha256}|page {number}|budget {page_tokens}|{width}x{height}|{renderer}|v{RENDER_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _spans(numbers: list[int]) -> str:
+    spans, start = [], numbers[0]
+    for prev, cur in zip(numbers, numbers[1:] + [None]):
+        if cur != prev + 1:
+            spans.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(spans)
+
+
+def page_note(document: RenderedDocument) -> str | None:
+    """The one sentence to put before the page images when image k is not page k, else None."""
+    numbers = [p.number for p in document.pages]
+    if not numbers or numbers == list(range(1, len(numbers) + 1)):
+        return None
+    what = "image is page" if len(numbers) == 1 else f"{len(numbers)} images are pages"
+    return f"The following {what} {_spans(numbers)} of a {document.page_count}-page PDF."
