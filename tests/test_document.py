@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import struct
@@ -66,7 +67,8 @@ def page_objects(n: int, content: bytes) -> list[bytes]:
     kids = b" ".join(b"%d 0 R" % (4 + i) for i in range(n))
     return ([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, n),
              stream(b"", content)]
-            + [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R >>"] * n)
+            + [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R /Resources << /Font << /F1 "
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >> >>"] * n)
 
 
 PDF = three_page_pdf()
@@ -85,7 +87,7 @@ def renderer():
 def test_pages_land_within_budget_at_the_page_aspect(budget):
     doc = render_pdf(PDF, CONFIG, DocumentOptions(page_tokens=budget))
     assert [p.number for p in doc.pages] == [1, 2, 3] and doc.page_count == 3 and doc.page_tokens == budget
-    for page, ((w_pt, h_pt), _) in zip(doc.pages, PAGES):
+    for page, ((w_pt, h_pt), _) in zip(doc.pages, PAGES, strict=True):
         assert page.width % 28 == 0 and page.height % 28 == 0
         assert (page.cols, page.rows) == (page.width // 28, page.height // 28)
         assert page.n_tokens == page.rows * page.cols <= budget
@@ -111,7 +113,7 @@ def test_rendering_is_deterministic_and_keys_follow_document_page_and_budget():
 
 def test_rendered_pages_show_the_page_content_in_order():
     doc = render_pdf(PDF, CONFIG, DocumentOptions(page_tokens=256))
-    for page, ((w_pt, h_pt), colour) in zip(doc.pages, PAGES):
+    for page, (_, colour) in zip(doc.pages, PAGES, strict=True):
         px = np.asarray(Image.open(io.BytesIO(page.png)))
         h, w = px.shape[:2]
         assert np.abs(px[int(h * 0.9), int(w * 0.9)].astype(int) - colour).max() <= 3  # background
@@ -399,3 +401,23 @@ def test_worker_crash_and_timeout_become_errors_and_the_next_file_renders():
         assert time.perf_counter() - start < 5 and r.crashes == 2 and r.worker_pid is None
         r.timeout_s = 60
         assert len(r.render(PDF, DocumentOptions(pages="2")).pages) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_AS is a POSIX limit")
+def test_worker_memory_limit_is_applied_and_a_dead_worker_is_an_error():
+    with PdfRenderer(CONFIG, memory_limit=48 << 20) as r:  # too small for Python + PDFium: the worker dies
+        with pytest.raises(errors.PdfRenderError, match=r"crashed on this file \(exit code 1\)"):
+            r.render(PDF)
+        assert r.crashes == 1 and r.worker_pid is None
+
+
+def test_fuzzed_pdfs_render_or_are_refused_and_the_renderer_survives(tmp_path):
+    from benchmarks import pdf_fuzz
+
+    out = tmp_path / "fuzz.json"
+    assert pdf_fuzz.main(["--count", "60", "--seed", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["intact_pdf_after"] and result["worker_crashes_or_timeouts"] == 0
+    names = set(result["outcomes"]) - {"rendered"}
+    assert "rendered" in result["outcomes"] and names  # mutants of both kinds
+    assert all(issubclass(getattr(errors, n), errors.DocumentError) for n in names), names

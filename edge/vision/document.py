@@ -273,7 +273,7 @@ def page_cache_key(document_sha256: str, number: int, page_tokens: int, width: i
 
 def _spans(numbers: list[int]) -> str:
     spans, start = [], numbers[0]
-    for prev, cur in zip(numbers, numbers[1:] + [None]):
+    for prev, cur in zip(numbers, numbers[1:] + [None], strict=True):
         if cur != prev + 1:
             spans.append(str(start) if start == prev else f"{start}-{prev}")
             start = cur
