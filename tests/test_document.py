@@ -143,6 +143,14 @@ def test_a_page_enters_the_image_path_unresampled_and_equals_transformers(budget
         assert np.allclose(np.asarray(out["pixel_values"]), budgeted.pixel_patches, atol=1e-6, rtol=0)
 
 
+def test_a_rotated_page_renders_as_displayed():
+    from benchmarks.pdf_fuzz import handmade_pdf  # page 2: MediaBox 400 x 300 pt with /Rotate 90
+
+    doc = render_pdf(handmade_pdf(), CONFIG, DocumentOptions(pages="2", page_tokens=256))
+    page = doc.pages[0]
+    assert (page.width_pt, page.height_pt) == (300, 400) and page.height > page.width
+
+
 def test_page_size_table():
     # Letter at the default budget: 31 x 41 blocks; the rendered size is what smart_resize keeps.
     assert page_size(612, 792, CONFIG, 1280) == (868, 1148)
@@ -347,21 +355,35 @@ def test_too_large_file():
 # --- the isolated renderer --------------------------------------------------------------------------
 
 
-def test_worker_result_equals_in_process_and_is_cached(renderer):
+def test_worker_result_equals_in_process_and_pages_are_cached(renderer):
     options = DocumentOptions(page_tokens=512, pages="1,3")
-    isolated = renderer.render(PDF, options)
-    local = render_pdf(PDF, CONFIG, options)
-    def summary(doc):
-        return [(p.number, p.png, p.cache_key) for p in doc.pages]
+    data = PDF + b"% a copy only this test renders\n"
+    jobs = renderer.jobs
+    isolated = renderer.render(data, options)
+    local = render_pdf(data, CONFIG, options)
 
-    assert summary(isolated) == summary(local)
+    def summary(doc):
+        return [(p.number, p.png, p.cache_key, p.n_tokens) for p in doc.pages]
+
+    assert summary(isolated) == summary(local) and renderer.jobs == jobs + 1
     pid = renderer.worker_pid
     assert pid is not None and pid != os.getpid()
-    assert renderer.render(bytearray(PDF), options) is isolated  # second question: nothing rendered again
-    assert renderer.render(PDF, DocumentOptions(page_tokens=512)) is not isolated  # other pages: rendered
-    with pytest.raises(errors.DocumentBudgetError) as e:  # the error's numbers survive the pipe
-        renderer.render(PDF, DocumentOptions(token_allowance=3000))
-    assert (e.value.pages_that_fit, e.value.needed) == (2, 3751)
+    # A second question: same pages, another token allowance (the prompt grew): nothing is rendered.
+    again = renderer.render(bytearray(data), DocumentOptions(page_tokens=512, pages="1,3", token_allowance=5000))
+    assert summary(again) == summary(isolated) and renderer.jobs == jobs + 1
+    assert summary(renderer.render(data, DocumentOptions(page_tokens=512, first_page=3))) == summary(isolated)[1:]
+    assert renderer.jobs == jobs + 1
+    whole = renderer.render(data, DocumentOptions(page_tokens=512))  # page 2 is new: rendered
+    assert [p.number for p in whole.pages] == [1, 2, 3] and renderer.jobs == jobs + 2
+    # Refusals from cached page sizes equal the worker's (same plan on the same sizes).
+    with pytest.raises(errors.DocumentBudgetError) as cached:
+        renderer.render(data, DocumentOptions(token_allowance=3000))
+    assert renderer.jobs == jobs + 2
+    with pytest.raises(errors.DocumentBudgetError) as fresh:  # new bytes: the error crosses the worker pipe
+        renderer.render(data + b"%\n", DocumentOptions(token_allowance=3000))
+    assert renderer.jobs == jobs + 3
+    assert str(cached.value) == str(fresh.value)
+    assert (fresh.value.pages_that_fit, fresh.value.needed) == (2, 3751)
 
 
 def heavy_pdf(pages: int = 60) -> bytes:

@@ -93,7 +93,9 @@ class RenderedPage:
     rows: int  # merged rows x cols = n_tokens image tokens in the prompt
     cols: int
     n_tokens: int
-    cache_key: str  # document sha256 + page + budget + size + render version
+    cache_key: str  # document sha256 + page + budget + size + renderer version
+    width_pt: float  # the page as displayed, in points (what the size was planned from)
+    height_pt: float
 
 
 @dataclass(frozen=True, eq=False)

@@ -94,6 +94,7 @@ def render_pdf(data: bytes, config: ImageConfig, options: DocumentOptions | None
         pages = tuple(
             RenderedPage(number=p.number, png=_render_png(doc, p), width=p.width, height=p.height, rows=p.rows,
                          cols=p.cols, n_tokens=p.n_tokens,
-                         cache_key=page_cache_key(digest, p.number, budget, p.width, p.height, RENDERER))
+                         cache_key=page_cache_key(digest, p.number, budget, p.width, p.height, RENDERER),
+                         width_pt=p.width_pt, height_pt=p.height_pt)
             for p in plans)
     return RenderedDocument(sha256=digest, page_count=count, page_tokens=budget, pages=pages)

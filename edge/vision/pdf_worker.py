@@ -10,8 +10,10 @@ Contract
   server. Nothing in a request chooses what is run: the worker is always this module.
 - The worker's address space is capped at `memory_limit` bytes (RLIMIT_AS, where the platform has it):
   a PDF that makes PDFium allocate without bound fails in the worker, not in the server.
-- Results are cached by document sha256 + options + preprocessing config, least recently used, bounded
-  by the PNG bytes held (`cache_bytes`): a second question about the same PDF renders nothing.
+- Rendered pages are cached by document sha256 + page + per-page budget + size, least recently used,
+  bounded by the PNG bytes held (`cache_bytes`), with each document's page count and page sizes: a
+  second question about the same PDF plans its pages again here (its token allowance has changed) and
+  renders nothing when every page it needs is held. One renderer serves one preprocessing config.
 - One render at a time per renderer (a lock); PDFium itself is not thread-safe. `close()` ends the worker.
 - `isolate=False` renders in the calling process (tests, tools that trust their files).
 - Wire format on the worker's stdin/stdout: 8-byte big-endian length + pickle, both ways; only this
@@ -31,12 +33,15 @@ import traceback
 from collections import OrderedDict
 
 from edge.errors import GlmEdgeError, PdfRenderError, PdfTooLargeError
-from edge.vision.document import DocumentOptions, RenderedDocument, validate_options
+from edge.vision.document import (
+    DocumentOptions, RenderedDocument, RenderedPage, plan_document, select_pages, validate_options,
+)
 from edge.vision.image import ImageConfig
 
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MEMORY_LIMIT = 4 << 30
 DEFAULT_CACHE_BYTES = 256 << 20
+MAX_CACHED_DOCUMENTS = 1024  # page counts and sizes of documents seen (a few bytes per page)
 
 
 def _write(stream, obj) -> None:
@@ -102,7 +107,9 @@ class PdfRenderer:
         self.crashes = 0  # workers lost to a crash or a timeout
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
-        self._cache: OrderedDict[str, RenderedDocument] = OrderedDict()
+        self.jobs = 0  # documents handed to PDFium (cache misses)
+        self._documents: OrderedDict[str, tuple[int, dict[int, tuple[float, float]]]] = OrderedDict()
+        self._pages: OrderedDict[tuple, RenderedPage] = OrderedDict()
         self._cached_bytes = 0
 
     def render(self, data: bytes, options: DocumentOptions | None = None) -> RenderedDocument:
@@ -112,30 +119,54 @@ class PdfRenderer:
         validate_options(options, self.config)
         if len(data) > options.max_bytes:
             raise PdfTooLargeError(f"PDF is {len(data)} bytes; the limit is {options.max_bytes}")
-        key = f"{hashlib.sha256(data).hexdigest()}|{options.fingerprint()}|{self.config.fingerprint()}"
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-            if self.isolate:
-                document = self._render_in_worker(data, options)
-            else:
-                from edge.vision.pdf import render_pdf
+            document = self._from_cache(digest, options)
+            if document is None:
+                self.jobs += 1
+                if self.isolate:
+                    document = self._render_in_worker(data, options)
+                else:
+                    from edge.vision.pdf import render_pdf
 
-                document = render_pdf(data, self.config, options)
-            self._remember(key, document)
+                    document = render_pdf(data, self.config, options)
+                self._remember(document)
         return document
 
-    def _remember(self, key: str, document: RenderedDocument) -> None:
-        size = sum(len(p.png) for p in document.pages)
-        if size > self.cache_bytes:
-            return
-        self._cache[key] = document
-        self._cached_bytes += size
+    def _from_cache(self, digest: str, options: DocumentOptions) -> RenderedDocument | None:
+        """The document from cached pages when every selected page is held at the size planned now. The
+        plan runs on the page sizes PDFium reported before, so it refuses exactly what the worker would."""
+        known = self._documents.get(digest)
+        if known is None:
+            return None
+        count, sizes = known
+        numbers = select_pages(count, options)
+        if any(n not in sizes for n in numbers):
+            return None
+        budget, plans = plan_document([(n, *sizes[n]) for n in numbers], self.config, options)
+        keys = [(digest, p.number, budget, p.width, p.height) for p in plans]
+        if any(k not in self._pages for k in keys):
+            return None
+        for k in keys:
+            self._pages.move_to_end(k)
+        self._documents.move_to_end(digest)
+        return RenderedDocument(sha256=digest, page_count=count, page_tokens=budget,
+                                pages=tuple(self._pages[k] for k in keys))
+
+    def _remember(self, document: RenderedDocument) -> None:
+        count, sizes = self._documents.pop(document.sha256, (document.page_count, {}))
+        sizes.update({p.number: (p.width_pt, p.height_pt) for p in document.pages})
+        self._documents[document.sha256] = (count, sizes)
+        while len(self._documents) > MAX_CACHED_DOCUMENTS:
+            self._documents.popitem(last=False)
+        for p in document.pages:
+            key = (document.sha256, p.number, document.page_tokens, p.width, p.height)
+            if key not in self._pages and len(p.png) <= self.cache_bytes:
+                self._pages[key] = p
+                self._cached_bytes += len(p.png)
         while self._cached_bytes > self.cache_bytes:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= sum(len(p.png) for p in old.pages)
+            _, old = self._pages.popitem(last=False)
+            self._cached_bytes -= len(old.png)
 
     def _render_in_worker(self, data: bytes, options: DocumentOptions) -> RenderedDocument:
         if self._process is None or self._process.poll() is not None:
