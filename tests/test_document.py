@@ -17,7 +17,7 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageDraw
 
-from benchmarks.pdf_fuzz import build_pdf, stream
+from benchmarks.pdf_fuzz import build_pdf, handmade_pdf, stream
 from edge import errors
 from edge.vision.document import DocumentOptions, page_note, page_size, plan_pages, token_limits
 from edge.vision.image import ImageConfig, decode_image, pixel_bounds, prepare_image, preprocess
@@ -143,9 +143,7 @@ def test_a_page_enters_the_image_path_unresampled_and_equals_transformers(budget
         assert np.allclose(np.asarray(out["pixel_values"]), budgeted.pixel_patches, atol=1e-6, rtol=0)
 
 
-def test_a_rotated_page_renders_as_displayed():
-    from benchmarks.pdf_fuzz import handmade_pdf  # page 2: MediaBox 400 x 300 pt with /Rotate 90
-
+def test_a_rotated_page_renders_as_displayed():  # handmade page 2: MediaBox 400 x 300 pt with /Rotate 90
     doc = render_pdf(handmade_pdf(), CONFIG, DocumentOptions(pages="2", page_tokens=256))
     page = doc.pages[0]
     assert (page.width_pt, page.height_pt) == (300, 400) and page.height > page.width

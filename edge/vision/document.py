@@ -171,13 +171,13 @@ def select_pages(page_count: int, options: DocumentOptions) -> tuple[int, ...]:
         if first > page_count or last > page_count or first > last:
             raise PageRangeError(f"pages {first}..{last} asked but the document has {page_count} pages "
                                  "(first_page <= last_page <= page count)")
-        numbers = tuple(range(first, last + 1))
+        numbers = range(first, last + 1)  # not materialised before the count is checked
     if len(numbers) > options.max_pages:
         whole = options.pages is None and options.first_page is None and options.last_page is None
         hint = f"; choose a page range (e.g. pages=\"1-{options.max_pages}\")" if whole else ""
         raise TooManyPagesError(f"{len(numbers)} pages selected (the document has {page_count}); "
                                 f"at most {options.max_pages} are rendered per request{hint}")
-    return numbers
+    return tuple(numbers)
 
 
 def check_page_dimensions(number: int, width_pt: float, height_pt: float) -> None:

@@ -81,6 +81,7 @@ def _render_png(doc: pdfium.PdfDocument, plan: PagePlan) -> bytes:
 def render_pdf(data: bytes, config: ImageConfig, options: DocumentOptions | None = None) -> RenderedDocument:
     """Render the selected pages of a PDF (see the module contract); options default to DocumentOptions()."""
     options = options or DocumentOptions()
+    data = bytes(data)  # PDFium reads this buffer for as long as the document is open
     validate_options(options, config)
     if len(data) > options.max_bytes:
         raise PdfTooLargeError(f"PDF is {len(data)} bytes; the limit is {options.max_bytes}")
