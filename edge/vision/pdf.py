@@ -16,7 +16,6 @@ Contract
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 
@@ -53,10 +52,11 @@ def open_pdf(data: bytes) -> pdfium.PdfDocument:
 
 
 def _page_size_pt(doc: pdfium.PdfDocument, number: int) -> tuple[float, float]:
-    size = pdfium_c.FS_SIZEF()  # without loading the page's content
-    if not pdfium_c.FPDF_GetPageSizeByIndexF(doc, number - 1, ctypes.byref(size)):
-        raise CorruptPdfError(f"page {number} of the PDF cannot be read (broken page object)")
-    return float(size.width), float(size.height)
+    try:
+        width, height = doc.get_page_size(number - 1)  # without loading the page's content
+    except pdfium.PdfiumError as e:
+        raise CorruptPdfError(f"page {number} of the PDF cannot be read (broken page object)") from e
+    return float(width), float(height)
 
 
 def _render_png(doc: pdfium.PdfDocument, plan: PagePlan) -> bytes:
