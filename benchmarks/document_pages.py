@@ -69,7 +69,7 @@ def child(args) -> dict:
         doc = renderer.render(data, DocumentOptions(page_tokens=args.page_tokens))
     render_s = time.perf_counter() - t0
     n_ctx = (doc.n_tokens + 2 * args.pages + 512 + 255) // 256 * 256  # pages + their markers + question + answer
-    rt = Runtime.load(args.bundle, device="cpu", vision_dtype=args.vision_dtype, n_ctx=n_ctx,
+    rt = Runtime.load(args.bundle, device="cpu", vision_dtype=args.vision_dtype, ctx_size=n_ctx,
                       threads=args.threads, kv_type=args.kv_type, flash_attn="on")
     pages = [{"type": "image", "image": p.png, "max_tokens": p.n_tokens} for p in doc.pages]
     turns = []
