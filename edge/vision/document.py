@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from edge.errors import DocumentBudgetError, InputError, PageRangeError, PageSizeError, TooManyPagesError
 from edge.vision.image import MAX_ASPECT_RATIO, ImageConfig, smart_resize
 
-DEFAULT_PAGE_TOKENS = 1280  # about 110 dpi on an A4/Letter page: body text stays legible
+DEFAULT_PAGE_TOKENS = 1280  # about 100 dpi on an A4/Letter page (868 x 1148 px): 10-pt text stays legible
 DEFAULT_MAX_PAGES = 200
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MIN_PAGE_SIDE_PT = 3.0  # PDF 32000-1 Annex C: page boundaries 3..14400 units
@@ -61,12 +61,6 @@ class DocumentOptions:
     token_allowance: int | None = None  # total image tokens for all selected pages; None: no limit
     min_page_tokens: int | None = None  # opt-in: lower page_tokens down to this to fit token_allowance
     max_bytes: int = DEFAULT_MAX_BYTES
-
-    def fingerprint(self) -> str:
-        """Stable hash of the fields that change the rendered pages (not the byte limit)."""
-        key = (self.page_tokens, self.pages, self.first_page, self.last_page, self.max_pages,
-               self.token_allowance, self.min_page_tokens, RENDER_VERSION)
-        return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
