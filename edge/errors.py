@@ -215,3 +215,77 @@ class VisionError(GlmEdgeError):
 def http_status(error: BaseException) -> int:
     """HTTP status for an error; unknown exceptions are server faults."""
     return error.http_status if isinstance(error, GlmEdgeError) else 500
+
+
+# --- documents (PDF input, issue 16) -----------------------------------------------------------
+
+
+class DocumentError(InputError):
+    """A document (PDF) could not be used."""
+
+    code = "invalid_document"
+
+
+class NotAPdfError(DocumentError):
+    """The bytes are not a PDF (no %PDF- header in the first 1024 bytes)."""
+
+
+class PdfTooLargeError(DocumentError):
+    """The encoded PDF is over the byte limit."""
+
+    http_status = 413
+
+
+class EncryptedPdfError(DocumentError):
+    """The PDF needs a password to open, or uses a security handler PDFium does not support."""
+
+
+class CorruptPdfError(DocumentError):
+    """PDFium cannot parse the PDF (broken cross-reference table, objects or page tree)."""
+
+
+class EmptyPdfError(DocumentError):
+    """The PDF has no pages."""
+
+
+class TooManyPagesError(DocumentError):
+    """More pages selected than allowed; refused from the page count before anything is rendered."""
+
+    http_status = 413
+
+
+class PageRangeError(DocumentError):
+    """A page range that is malformed or outside the document."""
+
+
+class PageSizeError(DocumentError):
+    """A page whose dimensions are absurd: not finite, too small, too large or too elongated."""
+
+
+class PdfRenderError(DocumentError):
+    """PDFium failed, crashed or timed out while rendering (in the isolated worker): the file is unusable."""
+
+    http_status = 422
+
+
+class DocumentBudgetError(DocumentError):
+    """The selected pages need more image tokens than the document allowance; says what would fit."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, pages: int, page_tokens: int, needed: int, allowance: int, pages_that_fit: int,
+                 page_tokens_that_fit: int | None, min_page_tokens: int | None = None):
+        self.pages, self.page_tokens, self.needed, self.allowance = pages, page_tokens, needed, allowance
+        self.pages_that_fit, self.page_tokens_that_fit = pages_that_fit, page_tokens_that_fit
+        self.min_page_tokens = min_page_tokens
+        lower = (f"all {pages} pages fit at {page_tokens_that_fit} tokens per page" if page_tokens_that_fit
+                 else f"no per-page budget lets all {pages} pages fit")
+        floor = f" (lowest allowed per-page budget: {min_page_tokens})" if min_page_tokens else ""
+        super().__init__(
+            f"{pages} pages at {page_tokens} tokens per page need {needed} image tokens but the document allowance "
+            f"is {allowance}; the first {pages_that_fit} pages fit at {page_tokens} tokens per page, {lower}{floor}; "
+            "select fewer pages, lower the per-page budget (or allow it to be lowered) or use a larger context")
+
+    def __reduce__(self):  # rebuilt from its numbers when it crosses the worker pipe
+        return (type(self), (self.pages, self.page_tokens, self.needed, self.allowance, self.pages_that_fit,
+                             self.page_tokens_that_fit, self.min_page_tokens))
