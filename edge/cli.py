@@ -59,6 +59,7 @@ def _cmd_serve(args) -> None:
         media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
         allow_remote_media=args.allow_remote_media, remote_timeout=args.remote_timeout,
         max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
+        max_document_bytes=int(args.max_document_mb * (1 << 20)),
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, serve_page=not args.no_page,
     )
     app = create_app(settings)
@@ -117,9 +118,12 @@ def _cmd_chat(args) -> None:
     sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                    ("seed", args.seed)) if v is not None}
 
-    def turn(text: str, images: list[str]) -> None:
-        parts = [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
-        history.append({"role": "user", "content": parts if images else text})
+    doc_options = {k: v for k, v in (("pages", args.pages), ("page_tokens", args.page_tokens)) if v is not None}
+
+    def turn(text: str, images: list[str], files: list[str] = ()) -> None:
+        parts = [{"type": "file", "file": str(Path(f).expanduser()), **doc_options} for f in files]
+        parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
+        history.append({"role": "user", "content": parts if images or files else text})
         in_reasoning = False
         done = None
         for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
@@ -156,11 +160,12 @@ def _cmd_chat(args) -> None:
 
     try:
         if prompt is not None:
-            turn(prompt, args.image or [])
+            turn(prompt, args.image or [], args.file or [])
             return
         print("glm-edge chat: type a message; /image PATH attaches an image to the next message, /reset clears the "
               "conversation, /quit (or Ctrl-D) leaves.", file=sys.stderr)
         pending = list(args.image or [])
+        pending_files = list(args.file or [])
         while True:
             try:
                 line = input("> ").strip()
@@ -178,11 +183,11 @@ def _cmd_chat(args) -> None:
                 pending.append(line[7:].strip())
                 continue
             try:
-                turn(line, pending)
+                turn(line, pending, pending_files)
             except GlmEdgeError as e:
                 history.pop()
                 print(f"glm-edge: error: {e}", file=sys.stderr)
-            pending = []
+            pending, pending_files = [], []
     finally:
         rt.close()
 
@@ -333,7 +338,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds allowed for one remote image")
     p.add_argument("--max-images", type=int, default=16, help="images per request")
     p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size of one image")
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size")
+    p.add_argument("--max-document-mb", type=float, default=64.0, help="encoded size of one PDF")
+    p.add_argument("--max-body-mb", type=float, default=96.0, help="request body size (a 64 MB PDF is ~86 MB in base64)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
     p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
     p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
@@ -349,6 +355,9 @@ def _add_chat(sub) -> None:
     p.add_argument("words", nargs="*", help="[BUNDLE] PROMPT")
     p.add_argument("--model", default=None, help="bundle or HF checkpoint folder (instead of the first word)")
     p.add_argument("--image", action="append", default=None, help="image file to attach (repeatable)")
+    p.add_argument("--file", action="append", default=None, help="PDF to attach, read as page images (repeatable)")
+    p.add_argument("--pages", default=None, help='pages of each --file to read, e.g. "1-3,5" (default: all)')
+    p.add_argument("--page-tokens", type=int, default=None, help="per-page token budget of each --file (default 1280)")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
     p.add_argument("--max-tokens", type=int, default=None)

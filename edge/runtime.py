@@ -37,11 +37,13 @@ from edge.engine.detok import Detokenizer
 from edge.engine.generate import Engine, Finish
 from edge.engine.llama import Decoder, gpu_layers
 from edge.engine.sampling import SamplingParams, sampling_defaults
-from edge.errors import BundleError
+from edge.errors import BundleError, ContextOverflowError
 from edge.options import RuntimeOptions, default_parallel
 from edge.vision.cache import ImageEmbeddingCache
 from edge.vision.encoder import VisionEncoder, image_embeddings
+from edge.vision.file_parts import expand_documents
 from edge.vision.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
+from edge.vision.pdf_worker import PdfRenderer
 from edge.vision.projector import ProjectorLike, load_projector
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class Runtime:
         self.prompt = PromptBuilder(template, decoder.tokenize)
         self.engine = engine_factory(decoder, set(bundle.tokens["eog"]))
         self.image_cache = ImageEmbeddingCache(int(options.image_cache_mb * (1 << 20)))
+        self.documents = PdfRenderer(self.image_config)  # PDFium in a worker process, started by the first PDF
         self.defaults, self.default_sources = sampling_defaults(bundle.manifest.get("generation") or {})
         self.enable_thinking = options.thinking
         self.stats = RuntimeStats()
@@ -148,6 +151,20 @@ class Runtime:
 
     def build_prompt(self, messages: Sequence[dict], tools: list[dict] | None = None,
                      enable_thinking: bool = True) -> Prompt:
+        """The prompt's chunks. PDF file parts become their page images; when a document does not fit the
+        context, it is rendered again within what is left (DocumentBudgetError says what would fit)."""
+        expanded = expand_documents(messages, self.documents)
+        prompt = self._chunks(expanded.messages, tools, enable_thinking)
+        cells = sum(c.n_tokens for c in prompt.chunks)
+        if expanded.documents and cells >= self.decoder.n_ctx:
+            if len(expanded.documents) > 1:
+                raise ContextOverflowError(cells + 1, self.decoder.n_ctx, f"{len(expanded.documents)} documents")
+            allowance = expanded.documents[0].n_tokens - (cells + 1 - self.decoder.n_ctx)
+            expanded = expand_documents(messages, self.documents, allowance=max(allowance, 1))
+            prompt = self._chunks(expanded.messages, tools, enable_thinking)
+        return prompt
+
+    def _chunks(self, messages: Sequence[dict], tools: list[dict] | None, enable_thinking: bool) -> Prompt:
         segments, _, _ = self.prompt.build(messages, tools, enable_thinking)
         chunks, media, sizes = [], {}, []
         for segment in segments:
@@ -274,6 +291,7 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.close()
+        self.documents.close()
         self.decoder.close()
 
     def __enter__(self):

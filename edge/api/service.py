@@ -65,14 +65,16 @@ class ServerSettings:
     remote_timeout: float = 10.0
     max_images: int = 16
     max_image_bytes: int = 20 << 20
-    max_body_bytes: int = 64 << 20
+    max_document_bytes: int = 64 << 20
+    max_body_bytes: int = 96 << 20
     max_queue: int = 16
     serve_page: bool = True
 
     @property
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(media_dir=self.media_dir, allow_remote=self.allow_remote_media, max_images=self.max_images,
-                           max_image_bytes=self.max_image_bytes, remote_timeout=self.remote_timeout)
+                           max_image_bytes=self.max_image_bytes, max_document_bytes=self.max_document_bytes,
+                           remote_timeout=self.remote_timeout)
 
 
 RuntimeFactory = Callable[[ServerSettings], RuntimeLike]
