@@ -20,7 +20,7 @@ from tests.server_helpers import EXACT, MODEL, ThreadServer  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-EXAMPLES = {"positive": 60, "negative": 40}
+EXAMPLES = {"positive": 45, "negative": 30}
 
 
 @pytest.fixture(scope="module")
