@@ -59,6 +59,9 @@ def create_app(settings: ServerSettings, runtime_factory: RuntimeFactory | None 
                            allow_headers=["authorization", "content-type"])
     _add_error_handlers(app)
     app.include_router(router)
+    from edge.api.dialects import dialects_router  # POST /v1/responses (OpenAI) and /v1/messages (Anthropic)
+
+    app.include_router(dialects_router)
     if settings.serve_page:
         app.include_router(page_router)
     return app
