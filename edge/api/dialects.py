@@ -27,7 +27,7 @@ from edge.api import anthropic, responses
 from edge.api.anthropic_schemas import AnthropicError, MessagesRequest
 from edge.api.fields import validation_error
 from edge.api.gate import anthropic_error_body, error_body, error_from_exception
-from edge.api.generation import Cancelled, Generation
+from edge.api.generation import Cancelled, Generation, plan_body
 from edge.api.openai import Plan
 from edge.api.responses_schemas import ResponsesRequest
 from edge.api.routes import ERRORS, SSE_HEADERS, check_model
@@ -64,23 +64,10 @@ def named_sse(event: dict) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
-def _prepare(svc: Service, plan: Plan):
-    """The Generation body of a plan: media resolved under the server's policy, then the runtime's stream."""
-
-    async def prepare():
-        messages = await svc.media.resolve(plan.messages, svc.http_client)
-        svc.metrics.inc("images_total", svc.media.count(plan.messages))
-        runtime = svc.runtime
-        return lambda: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
-                                           **plan.overrides)
-
-    return prepare
-
-
 async def _run(svc: Service, request: Request, plan: Plan, route: str, mapper: Any,
                to_json: Callable[[ChatDone], dict], on_error: Callable[[BaseException], list[dict]]) -> Response:
     """Generate `plan`: a named-event SSE stream through `mapper`, or `to_json(done)`; 499 when the client left."""
-    gen = Generation(svc, request, _prepare(svc, plan), route=route, mode="stream" if plan.stream else "json")
+    gen = Generation(svc, request, plan_body(svc, plan), route=route, mode="stream" if plan.stream else "json")
     try:
         first = await gen.first()
         if plan.stream:

@@ -19,12 +19,27 @@ from typing import Any
 
 from fastapi import Request
 
+from edge.api.openai import Plan
 from edge.api.scheduler import END, ERROR, Job, Scheduler
 from edge.api.service import Service
 from edge.chat.results import ChatDone
 from edge.errors import GlmEdgeError
 
 Prepare = Callable[[], Awaitable[Callable[[threading.Event], Iterator[Any]]]]
+
+
+def plan_body(svc: Service, plan: Plan) -> Prepare:
+    """The Generation body of a planned request (any dialect): media resolved under the server's policy, then
+    the runtime's stream, stopped by the job's cancel event."""
+
+    async def prepare():
+        messages = await svc.media.resolve(plan.messages, svc.http_client)
+        svc.metrics.inc("images_total", svc.media.count(plan.messages))
+        runtime = svc.runtime
+        return lambda cancel: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
+                                                  cancel=cancel, **plan.overrides)
+
+    return prepare
 
 
 class Cancelled(Exception):

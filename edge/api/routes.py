@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from edge import __version__
 from edge.api.gate import error_from_exception
-from edge.api.generation import Cancelled, Generation
+from edge.api.generation import Cancelled, Generation, plan_body
 from edge.api.openai import StreamMapper, completion_json, new_completion_id, plan_request, sse
 from edge.api.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from edge.api.service import Service, get_service, ready_service
@@ -40,14 +40,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
     check_model(svc, body.model)
     plan = plan_request(body, default_thinking=svc.settings.runtime.thinking)
 
-    async def prepare():
-        messages = await svc.media.resolve(plan.messages, svc.http_client)
-        svc.metrics.inc("images_total", svc.media.count(plan.messages))
-        runtime = svc.runtime
-        return lambda cancel: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
-                                                  cancel=cancel, **plan.overrides)
-
-    gen = Generation(svc, request, prepare, route="chat_completions", mode="stream" if plan.stream else "json")
+    gen = Generation(svc, request, plan_body(svc, plan), route="chat_completions", mode="stream" if plan.stream else "json")
     completion_id = new_completion_id()
     try:
         first = await gen.first()

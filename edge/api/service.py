@@ -37,6 +37,7 @@ class RuntimeLike(Protocol):
     default_sources: dict[str, str]
 
     engine: Any  # .busy_slots, .stats (steps, step_tokens, generated)
+    decoder: Any  # .token_bytes (the dialects count reasoning tokens and find the matched stop string)
     parallel: int  # generations that run together
 
     def stream_chat(self, messages: Sequence[dict], tools: list[dict] | None = None,
