@@ -207,3 +207,37 @@ class VisionError(GlmEdgeError):
 def http_status(error: BaseException) -> int:
     """HTTP status for an error; unknown exceptions are server faults."""
     return error.http_status if isinstance(error, GlmEdgeError) else 500
+
+
+# --- MCP tools (issue 14: edge/chat/mcp_config.py, mcp_host.py, handles.py, agent.py) -------------
+
+
+class McpConfigError(InputError):
+    """An --mcp-config file is unreadable or not of the `{"mcpServers": {...}}` shape."""
+
+    code = "invalid_mcp_config"
+
+
+class UnknownMcpServerError(InputError):
+    """A request names an MCP server (server_label) that was not configured at launch."""
+
+    code = "unknown_mcp_server"
+
+
+class McpServerError(GlmEdgeError):
+    """An MCP server could not be started, or died and could not be restarted."""
+
+    http_status = 502
+    code = "mcp_server_error"
+
+
+class ToolInputError(InputError):
+    """A tool call the host refuses before calling: an unknown image handle, an unknown tool, an image too big."""
+
+    code = "invalid_tool_call"
+
+
+class ToolResultError(InputError):
+    """A tool returned content the host cannot use: malformed, an image over the size limit, a non-image."""
+
+    code = "invalid_tool_result"
