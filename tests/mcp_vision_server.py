@@ -17,11 +17,13 @@ import json
 import os
 import sys
 import time
+from typing import Annotated, Literal
 
 import anyio
 import mcp_types as types
 from mcp.server.mcpserver import MCPServer
 from PIL import Image
+from pydantic import Field
 
 server = MCPServer("vision-test")
 
@@ -50,11 +52,20 @@ def _receive(tool: str, value: str) -> bytes:
     return data
 
 
+# Coordinates on the model's 0..1000 grid, from a short list so that a grammar-forced random model writes a
+# bounded call (llama-cpp-python's schema converter does not bound integers).
+Coordinate = Literal[0, 250, 500, 750, 1000]
+
+
 @server.tool()
-def crop(image: str, box: list[int]) -> types.ImageContent:
-    """Crop an image to box [x1, y1, x2, y2] in pixels."""
+def crop(image: str, box: Annotated[list[Coordinate], Field(min_length=4, max_length=4)]) -> types.ImageContent:
+    """Crop an image to box [x1, y1, x2, y2], coordinates 0..1000 relative to its width and height."""
     picture = Image.open(io.BytesIO(_receive("crop", image))).convert("RGB")
-    return _image_content(_png(picture.crop(tuple(box))))
+    w, h = picture.size
+    (x1, x2), (y1, y2) = sorted(box[0::2]), sorted(box[1::2])
+    left, top = min(x1 * w // 1000, w - 1), min(y1 * h // 1000, h - 1)
+    right, bottom = max(x2 * w // 1000, left + 1), max(y2 * h // 1000, top + 1)
+    return _image_content(_png(picture.crop((left, top, right, bottom))))
 
 
 @server.tool()
