@@ -135,7 +135,8 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
     mcp_tools = host.tools(servers, allowed_tools)
     by_name = {t.function_name: t for t in mcp_tools}
     extra = list(extra_tools or [])
-    clash = [t["function"]["name"] for t in extra if t["function"]["name"] in by_name]
+    extra_names = {t["function"]["name"] for t in extra}
+    clash = sorted(extra_names & set(by_name))
     if clash:
         raise ToolInputError(f"function tool(s) {', '.join(map(repr, clash))} have the name of an MCP tool")
     handles = ImageHandles()
@@ -167,8 +168,7 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
                 yield event
         turns.append(done)
         yield AgentTurn(turn, done)
-        calls = done.output.tool_calls if done.finish_reason == "tool_calls" else []
-        extra_names = {t["function"]["name"] for t in extra}
+        calls = done.output.tool_calls if done.finish_reason == "tool_calls" and turn < max_steps else []
         if not calls or any(c.name in extra_names for c in calls):
             yield AgentDone(done, "tool_calls" if calls else done.finish_reason, steps, turns, conversation, handles)
             return
@@ -182,7 +182,6 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
                                   call_timeout, conversation):
                 steps.append(step)
                 yield step
-    raise AssertionError("unreachable: the last turn stops before any tool call")
 
 
 def _run_call(call, tool: McpTool | None, host: McpHost, handles: ImageHandles, resolve, max_image_bytes: int,
@@ -220,3 +219,14 @@ def run_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, **k
         if isinstance(event, AgentDone):
             return event
     raise AssertionError("stream_agent ended without AgentDone")
+
+
+def describe_step(step: ToolCallStep | ToolResultStep) -> str:
+    """One line for a step, as `glm-edge chat` shows it: arguments with handles, returned images by name/size."""
+    where = f"{step.server}.{step.tool}" if step.server else step.tool
+    if isinstance(step, ToolCallStep):
+        args = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in step.arguments.items())
+        return f"-> {where}({args})"
+    images = "".join(f" [{i.handle}] {i.mime} {i.width}x{i.height} {i.bytes} B;" for i in step.images)
+    text = step.text if len(step.text) <= 200 else step.text[:200] + "..."
+    return f"<- {where}{' ERROR' if step.is_error else ''} ({step.seconds:.2f} s):{images} {text}".rstrip()

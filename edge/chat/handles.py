@@ -196,14 +196,15 @@ def model_schema(input_schema: dict, params: dict[str, ImageParam], handles: Seq
     props = schema.get("properties") or {}
     for name, param in params.items():
         old = props[name]
-        item = {"type": "string", "description": " ".join(filter(None, [(old.get("items") if param.array else old)
-                                                                          .get("description"), HANDLE_NOTE]))}
+        described = (old["items"] if param.array else old).get("description")
+        item = {"type": "string", "description": f"{described} {HANDLE_NOTE}" if described else HANDLE_NOTE}
         if handles:
             item["enum"] = list(handles)
-        props[name] = {"type": "array", "items": item} if param.array else item
-        for key in ("title", "description"):
-            if param.array and key in old:
-                props[name][key] = old[key]
+        if param.array:
+            props[name] = {"type": "array", "items": item, **{k: old[k] for k in ("description", "minItems", "maxItems")
+                                                             if k in old}}
+        else:
+            props[name] = item
     return schema
 
 
