@@ -209,7 +209,8 @@ def _run_call(call, tool: McpTool | None, host: McpHost, handles: ImageHandles, 
     except ToolInputError as e:
         content, images, is_error = [{"type": "text", "text": f"error: {e}"}], [], True
     conversation.append({"role": "tool", "tool_call_id": call.id, "content": content})
-    text = "".join(p["text"] for p in content if p.get("type") == "text")
+    labels = {f"[{i.handle}]" for i in images}  # the handle labels are in `images` already
+    text = "".join(p["text"] for p in content if p.get("type") == "text" and p["text"] not in labels)
     yield ToolResultStep(call.id, server, step.tool, is_error, text, images, time.perf_counter() - started)
 
 
