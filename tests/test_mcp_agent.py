@@ -4,6 +4,7 @@ runs a deterministic loop. Every test checks that no MCP child process outlives 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import socket
@@ -15,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edge.chat.agent import AgentDone, ToolCallStep, ToolResultStep, run_agent, stream_agent
+from edge.chat.agent import AgentDone, ToolCallStep, ToolResultStep, run_agent, step_json, stream_agent
 from edge.chat.mcp_config import parse_mcp_config
 from edge.chat.mcp_host import McpHost
+from edge.chat.results import ChatDelta
 from edge.errors import UnknownMcpServerError
 from edge.media import MediaPolicy
 from edge.mcp_setup import media_resolver
@@ -103,8 +105,36 @@ def test_crop_returns_an_image_the_model_sees(runtime, stdio_host, files):
     assert done.messages[0]["content"][0] == {"type": "text", "text": "[img1]"}
     assert done.messages[2]["content"][0] == {"type": "text", "text": "[img2]"}
     assert done.messages[2]["content"][1]["image"] == returned.data
-    order = [type(e).__name__ for e in events if not type(e).__name__ == "ChatDelta"]
+    order = [type(e).__name__ for e in events if not isinstance(e, ChatDelta)]
     assert order == ["AgentTurn", "ToolCallStep", "ToolResultStep", "AgentTurn", "AgentDone"]
+    assert not any(e.tool_calls for e in events if isinstance(e, ChatDelta))  # MCP calls stream as steps only
+    assert step_json(call) == {"type": "mcp_call", "id": call.call_id, "server_label": "vision", "name": "crop",
+                               "arguments": json.dumps(call.arguments), "images": ["img1"]}
+    out = step_json(result, image_data=True)
+    assert out["type"] == "mcp_call_output" and out["error"] is None and out["images"][0]["handle"] == "img2"
+    assert out["images"][0]["url"] == "data:image/png;base64," + base64.b64encode(returned.data).decode()
+
+    # the next turn continues from the history: same handles, no label written twice
+    follow = done.history + [{"role": "user", "content": "And now?"}]
+    again = run_agent(runtime, follow, stdio_host, allowed_tools={"vision": ["crop"]}, tool_choice="none",
+                      enable_thinking=False, **TURN)
+    assert again.handles.handles == ["img1", "img2"] and again.handles.get("img2").data == returned.data
+    assert again.messages[:3] == done.messages and again.steps == [] and again.usage.images == 2
+    assert again.done.usage.cached_tokens > done.turns[-1].usage.prompt_tokens // 2  # the KV prefix is reused
+
+
+def test_a_call_of_the_callers_own_tool_ends_the_loop(runtime, stdio_host):
+    lookup = {"type": "function", "function": {"name": "lookup", "description": "Look a word up.", "parameters": {
+        "type": "object", "properties": {"word": {"type": "string", "enum": ["cat", "dog"]}}, "required": ["word"]}}}
+    events = list(stream_agent(runtime, [{"role": "user", "content": "Look up a word."}], stdio_host,
+                               allowed_tools={"vision": ["snapshot"]}, extra_tools=[lookup],
+                               tool_choice={"name": "lookup"}, enable_thinking=False, **TURN))
+    done = events[-1]
+    assert done.finish_reason == "tool_calls" and done.steps == [] and len(done.turns) == 1
+    call = done.done.output.tool_calls[0]
+    assert call.name == "lookup" and json.loads(call.arguments)["word"] in ("cat", "dog")
+    streamed = [d for e in events if isinstance(e, ChatDelta) for d in e.tool_calls]
+    assert streamed[0].name == "lookup"
 
 
 @pytest.fixture
@@ -155,9 +185,9 @@ def test_without_mcp_tools_the_request_is_untouched(runtime, stdio_host):
     assert done.done.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
-def failing_turn(runtime, host, tool: str, **kwargs) -> tuple[AgentDone, float]:
+def failing_turn(runtime, host, tool: str, server: str = "vision", **kwargs) -> tuple[AgentDone, float]:
     started = time.monotonic()
-    done = run_agent(runtime, [{"role": "user", "content": f"Use {tool}."}], host, allowed_tools={"vision": [tool]},
+    done = run_agent(runtime, [{"role": "user", "content": f"Use {tool}."}], host, allowed_tools={server: [tool]},
                      tool_choice=[{"name": tool}, "none"], enable_thinking=False, **TURN, **kwargs)
     assert kinds(done.steps) == [("call", tool), ("result", tool)] and len(done.turns) == 2
     assert done.finish_reason in ("stop", "length") and done.messages[-1]["role"] == "tool"
@@ -223,3 +253,15 @@ def test_resource_links_follow_the_media_policy(runtime, stdio_host, files):
     assert done.steps[1].is_error and "outside the media folder" in done.steps[1].text
     done, _ = failing_turn(runtime, stdio_host, "embedded")
     assert [i.handle for i in done.steps[1].images] == ["img1"] and done.handles.get("img1").data == files["snapshot"]
+
+
+def test_a_url_server_that_dies_is_reported_down(runtime, http_server):
+    config = parse_mcp_config({"mcpServers": {"cam": {"url": http_server}}})
+    with McpHost(config, call_timeout=20, connect_timeout=3) as host:
+        done, seconds = failing_turn(runtime, host, "crash", server="cam")
+        text = done.steps[1].text
+        assert done.steps[1].is_error and "failed during the call of 'crash'" in text
+        assert "could not be restarted (restart failed:" in text and seconds < 30
+        assert host.status()["cam"].startswith("down: restart failed")
+        later = host.call(host.tools(["cam"], {"cam": ["snapshot"]})[0], {})
+        assert later.is_error and "is down" in later.error and "the tool was not called" in later.error

@@ -91,6 +91,8 @@ def test_label_messages_names_user_and_tool_images_only():
                                  {"type": "image", "image": a, "max_tokens": 64}]
     assert out[2]["content"] == [{"type": "text", "text": "[img2]"}, {"type": "image", "image": b}]
     assert out[2]["tool_call_id"] == "c" and messages[1]["content"][1]["image"] is a  # inputs untouched
+    again = ImageHandles()
+    assert label_messages(out, again, read) == out and again.handles == handles.handles  # idempotent
 
 
 SCHEMA = {"type": "object", "properties": {

@@ -18,7 +18,8 @@ Contract
   call has a result). A tool error, an unknown tool or handle, a timeout, a dead server, unusable content:
   all are tool results the model reads (`error: ...`), never exceptions of the loop.
 - A call of a function in `extra_tools` (the caller's own tools) ends the loop with finish_reason
-  "tool_calls", as a plain request would; MCP calls of that turn are left to the caller too.
+  "tool_calls", as a plain request would; MCP calls of that turn are left to the caller too. Streamed
+  ChatDelta events carry only those calls: MCP calls show up as steps (`step_json` for the wire).
 - `resolve(uri) -> bytes` reads the links tool results point to and user images given as paths/URLs
   (the caller's media policy); without it only bytes and data: URLs are used.
 """
@@ -84,6 +85,14 @@ class AgentDone:
     turns: list[ChatDone]
     messages: list[dict]  # the conversation as the model saw it, tool messages included
     handles: ImageHandles
+
+    @property
+    def history(self) -> list[dict]:
+        """The conversation to continue from: `messages` plus the final answer as an assistant message."""
+        answer: dict[str, Any] = {"role": "assistant", "content": self.done.output.content}
+        if self.done.output.tool_calls:
+            answer["tool_calls"] = [c.to_openai() for c in self.done.output.tool_calls]
+        return [*self.messages, answer]
 
     @property
     def usage(self) -> Usage:
@@ -159,13 +168,17 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
         elif choice == "none" and prompt_tools:
             stop = overrides.get("stop") or ()
             turn_overrides["stop"] = tuple(dict.fromkeys([*((stop,) if isinstance(stop, str) else stop), "<tool_call>"]))
-        done = None
+        done, mcp_indices = None, set()
         for event in runtime.stream_chat(conversation, tools=prompt_tools, enable_thinking=thinking,
                                          sampling=sampling, **turn_overrides):
             if isinstance(event, ChatDone):
                 done = event
-            else:
-                yield event
+                continue
+            # MCP calls are the host's business: only calls of the caller's own tools stream as tool_calls
+            mcp_indices |= {d.index for d in event.tool_calls if d.name in by_name}
+            own = [d for d in event.tool_calls if d.index not in mcp_indices]
+            if event.reasoning or event.content or own:
+                yield ChatDelta(event.reasoning, event.content, own)
         turns.append(done)
         yield AgentTurn(turn, done)
         calls = done.output.tool_calls if done.finish_reason == "tool_calls" and turn < max_steps else []
@@ -231,3 +244,23 @@ def describe_step(step: ToolCallStep | ToolResultStep) -> str:
     images = "".join(f" [{i.handle}] {i.mime} {i.width}x{i.height} {i.bytes} B;" for i in step.images)
     text = step.text if len(step.text) <= 200 else step.text[:200] + "..."
     return f"<- {where}{' ERROR' if step.is_error else ''} ({step.seconds:.2f} s):{images} {text}".rstrip()
+
+
+def step_json(step: ToolCallStep | ToolResultStep, image_data: bool = False) -> dict:
+    """A step as JSON for the server's extension field / the chat page, shaped after the Responses API's
+    `mcp_call` item: `{"type": "mcp_call", "id", "server_label", "name", "arguments"}` then
+    `{"type": "mcp_call_output", "id", "server_label", "name", "output", "error", "images", "seconds"}`;
+    `image_data` adds each returned image as a data URL (`images[i].url`)."""
+    base = {"id": step.call_id, "server_label": step.server, "name": step.tool}
+    if isinstance(step, ToolCallStep):
+        return {"type": "mcp_call", **base, "arguments": json.dumps(step.arguments, ensure_ascii=False),
+                "images": list(step.images)}
+    images = []
+    for image in step.images:
+        item = {"handle": image.handle, "mime": image.mime, "width": image.width, "height": image.height,
+                "bytes": image.bytes}
+        if image_data:
+            item["url"] = f"data:{image.mime};base64,{base64.b64encode(image.data).decode()}"
+        images.append(item)
+    return {"type": "mcp_call_output", **base, "output": step.text, "error": step.text if step.is_error else None,
+            "images": images, "seconds": round(step.seconds, 3)}

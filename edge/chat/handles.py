@@ -122,7 +122,8 @@ def _image_source(part: dict) -> Any:
 
 def label_messages(messages: Sequence[dict], handles: ImageHandles, read: Callable[[Any], bytes]) -> list[dict]:
     """Copies of `messages` with `[handle]` before every user/tool image, each image's source replaced by its
-    bytes (`read(source)` for anything that is not bytes yet), and every image registered in `handles`."""
+    bytes (`read(source)` for anything that is not bytes yet), and every image registered in `handles`.
+    Idempotent: a label already in place is not written twice."""
     out = []
     for msg in messages:
         content = msg.get("content")
@@ -137,11 +138,14 @@ def label_messages(messages: Sequence[dict], handles: ImageHandles, read: Callab
             source = _image_source(part)
             data = source if isinstance(source, (bytes, bytearray)) else read(source)
             handle = handles.add(bytes(data), "user" if msg["role"] == "user" else "tool")
+            label = {"type": "text", "text": f"[{handle}]"}
+            if parts and parts[-1] == label:  # a conversation labelled before (an agent's history)
+                parts.pop()
             image = {"type": "image", "image": bytes(data)}
             for key in ("min_tokens", "max_tokens"):
                 if part.get(key) is not None:
                     image[key] = part[key]
-            parts += [{"type": "text", "text": f"[{handle}]"}, image]
+            parts += [label, image]
         out.append({**msg, "content": parts})
     return out
 

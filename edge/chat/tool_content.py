@@ -34,6 +34,7 @@ class ReturnedImage:
     bytes: int
     width: int
     height: int
+    data: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def tool_parts(result: ToolResult, handles: ImageHandles, resolve: Callable[[str
         mime, width, height = check_image(data, declared, max_image_bytes, what)
         handle = handles.add(data, f"tool:{result.tool}")
         out.parts += [{"type": "text", "text": f"[{handle}]"}, {"type": "image", "image": data}]
-        out.images.append(ReturnedImage(handle, mime, len(data), width, height))
+        out.images.append(ReturnedImage(handle, mime, len(data), width, height, data))
 
     for i, block in enumerate(result.content):
         kind = block.get("type")
