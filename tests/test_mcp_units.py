@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -187,3 +188,16 @@ def test_a_server_that_cannot_start_is_named():
         host.start()
     assert "'good'" not in str(e.value) and e.value.http_status == 502
     assert len(psutil.Process().children(recursive=True)) == before
+
+
+def test_calls_from_several_threads_run_concurrently():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with McpHost(parse_mcp_config({"mcpServers": {"a": _stdio()}})) as host:
+        slow = host.tools(["a"], {"a": ["slow_ok"]})[0]
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: host.call(slow, {"seconds": 1.0}), range(4)))
+        elapsed = time.monotonic() - started
+    assert [r.content for r in results] == [[{"type": "text", "text": "done"}]] * 4
+    assert not any(r.is_error for r in results) and elapsed < 3.5  # not 4 s one after the other

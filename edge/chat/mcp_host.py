@@ -77,6 +77,8 @@ class _Connection:
         self.stop: asyncio.Event | None = None
         self.failure: str | None = None
         self.restarts = 0
+        self.generation = 0  # counts connections, so that concurrent callers restart a dead server once
+        self.restart_lock: asyncio.Lock | None = None
 
 
 class McpHost:
@@ -164,6 +166,7 @@ class McpHost:
                 async with Client(self._transport(conn.spec)) as client:
                     conn.tools = await _list_tools(client)
                     conn.client = client
+                    conn.generation += 1
                     ready.set_result(None)
                     await conn.stop.wait()
             except BaseException as e:  # reported through `ready` or `failure`, never lost
@@ -245,9 +248,9 @@ class McpHost:
         def failed(message: str) -> ToolResult:
             return ToolResult(conn.spec.name, tool.name, [], is_error=True, error=message)
 
-        client = conn.client
+        client, generation = conn.client, conn.generation
         if client is None:
-            if not await self._restart(conn):
+            if not await self._restart(conn, generation):
                 return failed(f"MCP server {conn.spec.name!r} is down ({conn.failure}); the tool was not called")
             client = conn.client
         try:
@@ -260,7 +263,7 @@ class McpHost:
             if await self._alive(conn):
                 return failed(f"MCP server {conn.spec.name!r} refused the call of {tool.name!r}: {reason}")
             conn.failure = reason
-            restarted = await self._restart(conn)
+            restarted = await self._restart(conn, generation)
             return failed(f"MCP server {conn.spec.name!r} failed during the call of {tool.name!r} ({reason}); "
                           + ("it was restarted, the call was not repeated" if restarted
                              else f"it could not be restarted ({conn.failure})"))
@@ -279,7 +282,14 @@ class McpHost:
         except Exception:  # no answer: the session is gone
             return False
 
-    async def _restart(self, conn: _Connection) -> bool:
+    async def _restart(self, conn: _Connection, generation: int) -> bool:
+        conn.restart_lock = conn.restart_lock or asyncio.Lock()
+        async with conn.restart_lock:
+            if conn.generation != generation:  # another call restarted it meanwhile
+                return conn.client is not None
+            return await self._reconnect(conn)
+
+    async def _reconnect(self, conn: _Connection) -> bool:
         if conn.restarts >= self.max_restarts:
             conn.failure = f"{conn.failure}; not restarted again after {conn.restarts} restarts"
             return False
