@@ -33,7 +33,7 @@ TURN = dict(temperature=0.0, repetition_penalty=1.0, max_tokens=96)
 
 @pytest.fixture(scope="module")
 def runtime(tiny_bundle):
-    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", n_ctx=2048, n_batch=128, n_ubatch=64,
+    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", ctx_size=2048, batch_size=128, ubatch_size=64,
                       kv_type="f32", flash_attn="off", threads=2)
     yield rt
     rt.close()
