@@ -241,3 +241,9 @@ class ToolResultError(InputError):
     """A tool returned content the host cannot use: malformed, an image over the size limit, a non-image."""
 
     code = "invalid_tool_result"
+
+
+class ToolImageTooLargeError(ToolResultError):
+    """An image a tool returned is over the host's size limit."""
+
+    http_status = 413

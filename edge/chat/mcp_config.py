@@ -12,6 +12,8 @@ A server is either a command started as a child process speaking MCP over stdio 
 Server names are 1-64 of `[A-Za-z0-9_-]` (they become `server_label`s in requests).
 
 Only this file, read at launch, can start processes or name URLs; requests choose among these servers.
+A command server gets the MCP SDK's minimal environment (HOME, PATH, SHELL, TERM, USER, LOGNAME) plus its
+`env`, not the whole environment of glm-edge (API keys stay out unless listed).
 `load_mcp_config(path)` / `parse_mcp_config(obj)` return `{name: McpServerSpec}` or raise McpConfigError.
 """
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from edge.chat.handles import ImageHandles, sniff_image_type
 from edge.chat.mcp_host import ToolResult
-from edge.errors import GlmEdgeError, ImageTooLargeError, ToolResultError
+from edge.errors import GlmEdgeError, ToolImageTooLargeError, ToolResultError
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,12 @@ class ToolParts:
         return "".join(p["text"] for p in self.parts if p.get("type") == "text")
 
 
-class _TooLarge(ToolResultError):
-    http_status = ImageTooLargeError.http_status
-
-
 def check_image(data: bytes, declared: str | None, max_bytes: int, what: str) -> tuple[str, int, int]:
     """(mime, width, height) of bytes a tool returned, or ToolResultError saying what is wrong."""
     if declared is not None and not declared.startswith("image/"):
         raise ToolResultError(f"{what} has MIME type {declared!r}, not an image type")
     if len(data) > max_bytes:
-        raise _TooLarge(f"{what} is {len(data)} bytes; images from tools may be at most {max_bytes} bytes")
+        raise ToolImageTooLargeError(f"{what} is {len(data)} bytes; images from tools may be at most {max_bytes} bytes")
     mime = sniff_image_type(data)
     if mime is None:
         raise ToolResultError(f"{what} is labelled {declared or 'an image'} but its bytes are not an image")
