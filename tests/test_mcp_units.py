@@ -201,3 +201,13 @@ def test_calls_from_several_threads_run_concurrently():
         elapsed = time.monotonic() - started
     assert [r.content for r in results] == [[{"type": "text", "text": "done"}]] * 4
     assert not any(r.is_error for r in results) and elapsed < 3.5  # not 4 s one after the other
+
+
+def test_a_server_that_never_answers_times_out_at_start():
+    before = len(psutil.Process().children(recursive=True))
+    silent = {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"]}
+    started = time.monotonic()
+    with pytest.raises(McpServerError, match=r"'silent' did not start: no answer within 1.5 s \(connect_timeout\)"):
+        McpHost(parse_mcp_config({"mcpServers": {"silent": silent}}), connect_timeout=1.5).start()
+    assert time.monotonic() - started < 12
+    assert len(psutil.Process().children(recursive=True)) == before

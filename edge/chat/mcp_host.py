@@ -137,7 +137,12 @@ class McpHost:
         results = await asyncio.gather(*(self._connect(c) for c in self._conns.values()), return_exceptions=True)
         failed = [(c.spec.name, r) for c, r in zip(self._conns.values(), results) if isinstance(r, BaseException)]
         if failed:
-            raise McpServerError("; ".join(f"MCP server {name!r} did not start: {_describe(e)}" for name, e in failed))
+            raise McpServerError("; ".join(f"MCP server {name!r} did not start: {self._why(e)}" for name, e in failed))
+
+    def _why(self, error: BaseException) -> str:
+        if isinstance(error, asyncio.TimeoutError):
+            return f"no answer within {self.connect_timeout:g} s (connect_timeout)"
+        return _describe(error)
 
     async def _stop_all(self) -> None:
         await asyncio.gather(*(self._disconnect(c) for c in self._conns.values()))
@@ -183,18 +188,22 @@ class McpHost:
         try:
             await asyncio.wait_for(asyncio.shield(ready), self.connect_timeout)
         except BaseException:
-            await self._disconnect(conn)
+            await self._disconnect(conn, wait=False)
+            if ready.done() and not ready.cancelled():
+                ready.exception()  # retrieved: the error raised here is the one reported
             raise
 
-    async def _disconnect(self, conn: _Connection) -> None:
+    async def _disconnect(self, conn: _Connection, wait: bool = True) -> None:
+        """End a server's session. `wait=False` (a connection that never became ready) cancels it at once;
+        the SDK still shuts a stdio server down (stdin closed, then its process tree terminated)."""
         task = conn.task
         if task is None:
             return
         conn.stop.set()
-        done, _ = await asyncio.wait({task}, timeout=15)
-        if not done:  # the SDK bounds its own shutdown; this only guards against a wedged transport
+        done = (await asyncio.wait({task}, timeout=15))[0] if wait else set()
+        if not done:  # a handshake in progress, or a wedged transport
             task.cancel()
-            await asyncio.wait({task}, timeout=5)
+            await asyncio.wait({task}, timeout=10)
         conn.task = None
         conn.client = None
 
@@ -300,7 +309,7 @@ class McpHost:
         try:
             await self._connect(conn)
         except Exception as e:
-            conn.failure = f"restart failed: {_describe(e)}"
+            conn.failure = f"restart failed: {self._why(e)}"
             return False
         return True
 
