@@ -43,10 +43,6 @@ class ToolParts:
     images: list[ReturnedImage] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    @property
-    def text(self) -> str:
-        return "".join(p["text"] for p in self.parts if p.get("type") == "text")
-
 
 def check_image(data: bytes, declared: str | None, max_bytes: int, what: str) -> tuple[str, int, int]:
     """(mime, width, height) of bytes a tool returned, or ToolResultError saying what is wrong."""
