@@ -289,3 +289,41 @@ class DocumentBudgetError(DocumentError):
     def __reduce__(self):  # rebuilt from its numbers when it crosses the worker pipe
         return (type(self), (self.pages, self.page_tokens, self.needed, self.allowance, self.pages_that_fit,
                              self.page_tokens_that_fit, self.min_page_tokens))
+# --- MCP tools (issue 14: edge/chat/mcp_config.py, mcp_host.py, handles.py, agent.py) -------------
+
+
+class McpConfigError(InputError):
+    """An --mcp-config file is unreadable or not of the `{"mcpServers": {...}}` shape."""
+
+    code = "invalid_mcp_config"
+
+
+class UnknownMcpServerError(InputError):
+    """A request names an MCP server (server_label) that was not configured at launch."""
+
+    code = "unknown_mcp_server"
+
+
+class McpServerError(GlmEdgeError):
+    """An MCP server could not be started, or died and could not be restarted."""
+
+    http_status = 502
+    code = "mcp_server_error"
+
+
+class ToolInputError(InputError):
+    """A tool call the host refuses before calling: an unknown image handle, an unknown tool, an image too big."""
+
+    code = "invalid_tool_call"
+
+
+class ToolResultError(InputError):
+    """A tool returned content the host cannot use: malformed, an image over the size limit, a non-image."""
+
+    code = "invalid_tool_result"
+
+
+class ToolImageTooLargeError(ToolResultError):
+    """An image a tool returned is over the host's size limit."""
+
+    http_status = 413
