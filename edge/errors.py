@@ -289,3 +289,44 @@ class DocumentBudgetError(DocumentError):
     def __reduce__(self):  # rebuilt from its numbers when it crosses the worker pipe
         return (type(self), (self.pages, self.page_tokens, self.needed, self.allowance, self.pages_that_fit,
                              self.page_tokens_that_fit, self.min_page_tokens))
+
+
+# --- video input (issue 12) --------------------------------------------------------------------
+
+
+class VideoError(InputError):
+    """A video could not be used."""
+
+    code = "invalid_video"
+
+
+class NotAVideoError(VideoError):
+    """The bytes are not a container FFmpeg can open, or hold no video stream."""
+
+
+class TruncatedVideoError(VideoError):
+    """The container is cut short or corrupt: its header or the sampled frames' packets do not decode."""
+
+
+class NoVideoFpsError(VideoError):
+    """The video stream declares no frame rate; GLM's frame sampler needs one."""
+
+
+class NoVideoFramesError(VideoError):
+    """The video stream has no decodable frame, or sampling keeps none."""
+
+
+class VideoTooLargeError(VideoError):
+    """Encoded size or decoded frame size (refused from the header) over the allowed limit."""
+
+    http_status = 413
+
+
+class VideoTokenBudgetError(VideoError):
+    """The sampled frames need more LLM tokens than the request's video budget allows."""
+
+    code = "video_token_budget_exceeded"
+
+    def __init__(self, message: str, needed: int, allowed: int, frames_that_fit: int):
+        self.needed, self.allowed, self.frames_that_fit = needed, allowed, frames_that_fit
+        super().__init__(message)

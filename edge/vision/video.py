@@ -1,0 +1,307 @@
+"""Video containers with PyAV: metadata as transformers' PyAV loader computes it, and only the sampled frames decoded.
+
+Contract
+- `open_video(source, limits)` takes bytes or a filesystem path (the server applies its media allow-list
+  first, as for images) and returns a `VideoSource` (the sha256 of the bytes, and how to open them).
+- `probe(src, limits)` returns `VideoMetadata` the way `transformers.video_utils.read_video_pyav` does:
+  total_frames = the stream header's frame count, fps = the stream's `average_rate`, duration =
+  total_frames / fps. Where the header has no count (Matroska, WebM, some streams) the frames are counted by
+  demuxing the stream's packets, without decoding them. Checked from the header, before any pixel is
+  decoded: a video stream exists, it has a frame rate, and width * height <= `limits.max_frame_pixels`.
+- `decode_frames(src, indices, limits)` yields `(index, rgb)` for the sampled indices in increasing order,
+  rgb = uint8 [H, W, 3] exactly as transformers' loader converts (`frame.to_ndarray(format="rgb24")`, FFmpeg's
+  swscale). Index i is the i-th frame in presentation order, which is the i-th frame FFmpeg's decoder
+  outputs when it decodes the stream from the start (transformers' enumeration). Only the GOPs (keyframe to
+  next keyframe, in decode order) that hold a sampled frame are fed to the decoder, plus the GOP before a
+  frame that precedes its own keyframe in presentation order (open-GOP leading frames); other packets are
+  demuxed and dropped, so a 40-minute file sampled at 640 frames decodes the GOPs around those frames only.
+  Streams whose packets lack timestamps are decoded from the start, counting output frames like transformers.
+- Bad input raises edge.errors video classes (4xx) whose message says what was wrong and what is allowed:
+  NotAVideoError, TruncatedVideoError, NoVideoFpsError, NoVideoFramesError, VideoTooLargeError.
+- FFmpeg runs in this process: see benchmarks/video_fuzz.py for the crash evidence this decision rests on.
+No module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from edge.errors import (
+    InputError, NotAVideoError, NoVideoFpsError, NoVideoFramesError, TruncatedVideoError, VideoError,
+    VideoTooLargeError,
+)
+
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
+DEFAULT_MAX_FRAMES = 500_000  # demuxed packet count: ~5.5 h at 25 fps; beyond it the container is refused
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a request may send; checked before decoding."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES  # encoded size
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS  # width * height from the stream header
+    max_frames: int = DEFAULT_MAX_FRAMES  # frames in the stream (header count or demuxed)
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    total_frames: int
+    fps: float  # the stream's average_rate
+    duration: float  # total_frames / fps, as transformers' PyAV loader
+    width: int
+    height: int
+    codec: str
+    container: str
+    frames_from_header: bool  # False: counted by demuxing packets
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """Encoded video: in memory or a path. `sha256` is of the bytes."""
+
+    sha256: str
+    size: int
+    data: bytes | None = None
+    path: str | None = None
+
+    def open(self):
+        try:
+            return av.open(io.BytesIO(self.data) if self.data is not None else self.path, mode="r")
+        except av.error.InvalidDataError as e:
+            raise NotAVideoError(f"data is not a video container FFmpeg can read ({e.strerror or e}); "
+                                 f"send MP4, MKV, WebM, MOV, AVI or another FFmpeg format") from e
+        except av.error.FFmpegError as e:
+            raise TruncatedVideoError(f"video container cannot be opened ({type(e).__name__}: {e.strerror or e}); "
+                                      "the file is cut short or corrupt") from e
+
+
+def open_video(source: bytes | bytearray | memoryview | str | os.PathLike, limits: VideoLimits = VideoLimits()
+               ) -> VideoSource:
+    """A `VideoSource` for bytes or a path (read as given: apply the media allow-list before)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > limits.max_bytes:
+            raise VideoTooLargeError(f"video is {len(data)} bytes; the limit is {limits.max_bytes}")
+        if not data:
+            raise NotAVideoError("video data is empty (0 bytes)")
+        return VideoSource(sha256=hashlib.sha256(data).hexdigest(), size=len(data), data=data)
+    if isinstance(source, str) and "://" in source[:16]:
+        raise InputError(f"video source {source[:40]!r}: pass bytes or a local path (URLs are resolved by the server)")
+    if not isinstance(source, (str, os.PathLike)):
+        raise VideoError(f"video source must be bytes or a path, got {type(source).__name__}")
+    path = os.fspath(source)
+    digest = hashlib.sha256()
+    try:
+        size = os.stat(path).st_size
+        if size > limits.max_bytes:
+            raise VideoTooLargeError(f"video file {path!r} is {size} bytes; the limit is {limits.max_bytes}")
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise VideoError(f"cannot read video file {path!r}: {e.strerror or e}") from e
+    if size == 0:
+        raise NotAVideoError(f"video file {path!r} is empty (0 bytes)")
+    return VideoSource(sha256=digest.hexdigest(), size=size, path=path)
+
+
+def _video_stream(container, where: str):
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise NotAVideoError(f"{where} holds no video stream (streams: {', '.join(kinds)}); send a video file")
+    return container.streams.video[0]
+
+
+def probe(src: VideoSource, limits: VideoLimits = VideoLimits()) -> VideoMetadata:
+    """Metadata as transformers' PyAV loader computes it (see the module contract); no pixel is decoded."""
+    with src.open() as container:
+        where = f"{container.format.name} container"
+        stream = _video_stream(container, where)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width <= 0 or height <= 0:
+            raise TruncatedVideoError(f"{where}: the video stream header declares {width}x{height} pixels")
+        if width * height > limits.max_frame_pixels:
+            raise VideoTooLargeError(f"video frames are {width}x{height} = {width * height} pixels; "
+                                     f"the limit is {limits.max_frame_pixels} per frame")
+        rate = stream.average_rate
+        if not rate or rate <= 0:
+            raise NoVideoFpsError(f"{where}: the video stream declares no frame rate (average_rate {rate}); "
+                                  "GLM's frame sampler needs one; remux the file with a frame rate")
+        frames, from_header = int(stream.frames or 0), True
+        if frames <= 0:
+            frames, from_header = _count_packets(container, stream, limits), False
+        if frames <= 0:
+            raise NoVideoFramesError(f"{where}: the video stream has no frames")
+        if frames > limits.max_frames:
+            raise VideoTooLargeError(f"video has {frames} frames; the limit is {limits.max_frames}")
+        fps = float(rate)
+        return VideoMetadata(total_frames=frames, fps=fps, duration=float(frames / Fraction(rate)), width=width,
+                             height=height, codec=stream.codec_context.name, container=container.format.name,
+                             frames_from_header=from_header)
+
+
+def _count_packets(container, stream, limits: VideoLimits) -> int:
+    n = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size:  # the demuxer's final flush packet is empty
+                n += 1
+                if n > limits.max_frames:
+                    break
+    except av.error.FFmpegError as e:
+        raise TruncatedVideoError(f"video stream cannot be demuxed after {n} packets ({e.strerror or e}); "
+                                  "the file is cut short or corrupt") from e
+    return n
+
+
+@dataclass(frozen=True)
+class _Packets:
+    """Decode-order packet facts from one demux pass."""
+
+    pts: list[int]  # per packet, decode order
+    key: list[bool]
+
+
+def _scan(container, stream, limit: int) -> _Packets | None:
+    """Packet timestamps and keyframe flags; None when timestamps are missing or repeated."""
+    pts, key = [], []
+    for packet in container.demux(stream):
+        if not packet.size:
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+        key.append(packet.is_keyframe)
+        if len(pts) > limit:
+            break
+    if len(set(pts)) != len(pts) or not key or not key[0]:
+        return None
+    return _Packets(pts=pts, key=key)
+
+
+def _needed_packets(scan: _Packets, wanted_pts: set[int]) -> list[bool]:
+    """Per packet (decode order): feed it to the decoder? Whole GOPs holding a wanted frame, and the GOP
+    before one whose wanted frame precedes the GOP's keyframe in presentation order."""
+    gop_of, starts = [], []
+    for i, k in enumerate(scan.key):
+        if k:
+            starts.append(i)
+        gop_of.append(len(starts) - 1)
+    need_gop = [False] * len(starts)
+    for i, p in enumerate(scan.pts):
+        if p in wanted_pts:
+            g = gop_of[i]
+            need_gop[g] = True
+            if p < scan.pts[starts[g]] and g > 0:
+                need_gop[g - 1] = True
+    return [need_gop[g] for g in gop_of]
+
+
+def decode_frames(src: VideoSource, indices: list[int], meta: VideoMetadata, limits: VideoLimits = VideoLimits()
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (index, uint8 [H, W, 3] rgb24) for each distinct sampled index, increasing (module contract)."""
+    wanted = sorted(set(indices))
+    if not wanted:
+        return
+    with src.open() as container:
+        stream = _video_stream(container, "container")
+        try:
+            scan = _scan(container, stream, limits.max_frames)
+        except av.error.FFmpegError as e:
+            raise TruncatedVideoError(f"video stream cannot be demuxed ({e.strerror or e}); "
+                                      "the file is cut short or corrupt") from e
+    with src.open() as container:
+        stream = _video_stream(container, "container")
+        stream.thread_type = "AUTO"  # frame/slice threads: same pixels, faster
+        if scan is None:
+            yield from _decode_sequential(container, stream, wanted, meta)
+        else:
+            yield from _decode_gops(container, stream, wanted, scan, meta)
+
+
+def _frame_rgb(frame, meta: VideoMetadata) -> np.ndarray:
+    if (frame.width, frame.height) != (meta.width, meta.height):
+        raise TruncatedVideoError(f"a decoded frame is {frame.width}x{frame.height} but the stream header says "
+                                  f"{meta.width}x{meta.height}; frame size changes mid-stream are not supported")
+    return frame.to_ndarray(format="rgb24")
+
+
+def _missing(wanted: list[int], got: int, decoded: int, meta: VideoMetadata) -> TruncatedVideoError:
+    if decoded == 0:
+        return NoVideoFramesError(f"no frame of the {meta.codec} video stream decodes "
+                                  f"({meta.total_frames} frames declared); the file is corrupt")
+    return TruncatedVideoError(f"the video declares {meta.total_frames} frames but frame {wanted[got]} does not "
+                               f"decode ({decoded} decoded); the file is cut short or corrupt")
+
+
+def _decode_sequential(container, stream, wanted, meta) -> Iterator[tuple[int, np.ndarray]]:
+    """transformers' loop: enumerate decoder output from the start, stop after the last wanted index."""
+    got, i = 0, -1
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if i == wanted[got]:
+                yield i, _frame_rgb(frame, meta)
+                got += 1
+                if got == len(wanted):
+                    return
+    except av.error.FFmpegError as e:
+        raise TruncatedVideoError(f"video decoding failed after {i + 1} frames ({e.strerror or e}); "
+                                  "the file is cut short or corrupt") from e
+    raise _missing(wanted, got, i + 1, meta)
+
+
+def _decode_gops(container, stream, wanted, scan: _Packets, meta) -> Iterator[tuple[int, np.ndarray]]:
+    order = sorted(scan.pts)  # presentation order: frame index -> pts
+    if wanted[-1] >= len(order):
+        raise TruncatedVideoError(f"the video declares {meta.total_frames} frames but its stream holds "
+                                  f"{len(order)}; frame {wanted[-1]} is missing (the file is cut short)")
+    want = {order[i]: i for i in wanted}
+    feed = _needed_packets(scan, set(want))
+    ctx = stream.codec_context
+    done, n, decoded, feeding = set(), -1, 0, False
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            n += 1
+            if n >= len(feed):
+                break
+            if not feed[n]:
+                if feeding:  # leaving a run of needed GOPs: drain, then reset for the next run
+                    yield from _take(ctx.decode(None), want, done, meta)
+                    ctx.flush_buffers()
+                    feeding = False
+                if len(done) == len(want):
+                    break
+                continue
+            feeding = True
+            for frame in ctx.decode(packet):
+                decoded += 1
+                yield from _take((frame,), want, done, meta)
+        if feeding:
+            yield from _take(ctx.decode(None), want, done, meta)
+    except av.error.FFmpegError as e:
+        raise TruncatedVideoError(f"video decoding failed at packet {n} ({e.strerror or e}); "
+                                  "the file is cut short or corrupt") from e
+    if len(done) != len(want):
+        missing = sorted(set(wanted) - done)
+        raise _missing(missing, 0, decoded + len(done), meta)
+
+
+def _take(frames, want: dict[int, int], done: set[int], meta) -> Iterator[tuple[int, np.ndarray]]:
+    for frame in frames:
+        index = want.get(frame.pts)
+        if index is not None and index not in done:
+            done.add(index)
+            yield index, _frame_rgb(frame, meta)
