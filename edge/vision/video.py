@@ -77,7 +77,9 @@ class VideoSource:
 
     def open(self):
         try:
-            return av.open(io.BytesIO(self.data) if self.data is not None else self.path, mode="r")
+            # metadata_errors="replace": tags in other encodings (or corrupt ones) must not fail the open
+            return av.open(io.BytesIO(self.data) if self.data is not None else self.path, mode="r",
+                           metadata_errors="replace")
         except av.error.InvalidDataError as e:
             raise NotAVideoError(f"data is not a video container FFmpeg can read ({e.strerror or e}); "
                                  f"send MP4, MKV, WebM, MOV, AVI or another FFmpeg format") from e
@@ -128,6 +130,9 @@ def probe(src: VideoSource, limits: VideoLimits = VideoLimits()) -> VideoMetadat
     with src.open() as container:
         where = f"{container.format.name} container"
         stream = _video_stream(container, where)
+        if stream.codec_context is None:
+            raise NotAVideoError(f"{where}: the video stream's codec is unknown or has no decoder in this FFmpeg "
+                                 "build; send H.264, HEVC, VP8/VP9, AV1, MPEG-4 or another common codec")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise TruncatedVideoError(f"{where}: the video stream header declares {width}x{height} pixels")
