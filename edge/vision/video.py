@@ -16,6 +16,8 @@ Contract
   frame that precedes its own keyframe in presentation order (open-GOP leading frames); other packets are
   demuxed and dropped, so a 40-minute file sampled at 640 frames decodes the GOPs around those frames only.
   Streams whose packets lack timestamps are decoded from the start, counting output frames like transformers.
+- Only the demuxers in ALLOWED_FORMATS open, and FFmpeg may open no nested resource (playlists such as HLS
+  would otherwise read other local files or URLs named inside the clip).
 - Bad input raises edge.errors video classes (4xx) whose message says what was wrong and what is allowed:
   NotAVideoError, TruncatedVideoError, NoVideoFpsError, NoVideoFramesError, VideoTooLargeError.
 - Decoding runs in this process. Evidence (benchmarks/video_fuzz.py, PyAV 18.1 / its FFmpeg): 9,400 mutated
@@ -47,6 +49,12 @@ DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160
 DEFAULT_MAX_FRAMES = 500_000  # demuxed packet count: ~5.5 h at 25 fps; beyond it the container is refused
 _HASH_CHUNK = 1 << 20
+# FFmpeg demuxers a request may use (its `format_whitelist`): containers that cannot reference other files or
+# URLs. Playlists (hls, concat), image sequences/pipes and everything else are refused before their header is
+# read, and no nested protocol may be opened (`protocol_whitelist`), so a clip never makes FFmpeg read a
+# second file or fetch a URL. MP4/MOV external data references stay off (FFmpeg's enable_drefs default).
+ALLOWED_FORMATS = "mov,matroska,avi,flv,mpegts,mpeg,ogg,asf,ivf,h264,hevc,m4v"
+ALLOWED_NAMES = "MP4/MOV, Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF/WMV, IVF, raw H.264/HEVC/MPEG-4"
 
 
 @dataclass(frozen=True)
@@ -86,20 +94,34 @@ class VideoSource:
             return f.read(n)
 
     def open(self):
+        """The container, demuxers restricted to ALLOWED_FORMATS and no nested protocol (see module contract)."""
+        options = {"format_whitelist": ALLOWED_FORMATS, "protocol_whitelist": "file" if self.data is None else "none"}
         try:
             # metadata_errors="replace": tags in other encodings (or corrupt ones) must not fail the open
-            return av.open(io.BytesIO(self.data) if self.data is not None else self.path, mode="r",
+            return av.open(io.BytesIO(self.data) if self.data is not None else self.path, mode="r", options=options,
                            metadata_errors="replace")
+        except av.error.ArgumentError as e:  # the probed demuxer is not on the allow-list
+            image = _sniff_image(self.head())
+            if image:
+                raise NotAVideoError(f"data is a {image} image, not a video; send it as an image") from e
+            raise NotAVideoError(f"data is not a video in an allowed container ({ALLOWED_NAMES})") from e
         except av.error.InvalidDataError as e:
             kind = _sniff(self.head())
             if kind is not None:
                 raise TruncatedVideoError(f"data starts like {kind} but FFmpeg cannot read its header or index "
                                           f"({e.strerror or e}); the file is cut short or corrupt") from e
             raise NotAVideoError(f"data is not a video container FFmpeg can read ({e.strerror or e}); "
-                                 f"send MP4, MKV, WebM, MOV, AVI or another FFmpeg format") from e
+                                 f"allowed: {ALLOWED_NAMES}") from e
         except av.error.FFmpegError as e:
             raise TruncatedVideoError(f"video container cannot be opened ({type(e).__name__}: {e.strerror or e}); "
                                       "the file is cut short or corrupt") from e
+
+
+def _sniff_image(head: bytes) -> str | None:
+    for magic, name in ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP")):
+        if head.startswith(magic):
+            return name
+    return "WebP" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
 
 
 def _sniff(head: bytes) -> str | None:

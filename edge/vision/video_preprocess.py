@@ -125,27 +125,39 @@ def smart_resize(num_frames: int, height: int, width: int, *, temporal_factor: i
     return h_bar, w_bar
 
 
+def check_budget(max_video_tokens: int | None) -> None:
+    if max_video_tokens is not None and (isinstance(max_video_tokens, bool) or not isinstance(max_video_tokens, int)
+                                         or max_video_tokens < 1):
+        raise InputError(f"max_video_tokens must be a positive integer, got {max_video_tokens!r}")
+
+
 def plan_size(num_frames: int, height: int, width: int, config: VideoConfig,
               max_video_tokens: int | None = None) -> tuple[int, int]:
-    """Resized (height, width) for `num_frames` sampled frames within the optional token budget."""
+    """Resized (height, width) for `num_frames` sampled frames within the optional token budget. The budget is
+    hard: if rounding up to the minimum size would pass it, the minimum is dropped (as edge/vision/image.py)."""
+    check_budget(max_video_tokens)
     max_pixels = config.max_pixels
     if max_video_tokens is not None:
-        if isinstance(max_video_tokens, bool) or not isinstance(max_video_tokens, int) or max_video_tokens < 1:
-            raise InputError(f"max_video_tokens must be a positive integer, got {max_video_tokens!r}")
         max_pixels = min(max_pixels, max_video_tokens * config.pixels_per_token)
-    min_pixels = min(config.min_pixels, max_pixels)
-    h, w = smart_resize(num_frames, height, width, temporal_factor=config.temporal_patch_size,
-                        factor=config.factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    kw = dict(temporal_factor=config.temporal_patch_size, factor=config.factor, max_pixels=max_pixels)
+    h, w = smart_resize(num_frames, height, width, min_pixels=min(config.min_pixels, max_pixels), **kw)
     groups = num_frames // config.temporal_patch_size
-    per_group = (h // config.factor) * (w // config.factor)
-    if max_video_tokens is not None and groups * per_group > max_video_tokens:
-        fit = max_video_tokens // per_group * config.temporal_patch_size
-        raise VideoTokenBudgetError(
-            f"{num_frames} sampled frames of {w}x{h} need {groups * per_group} video tokens "
-            f"({per_group} per pair of frames) but the budget is {max_video_tokens}; "
-            f"{fit} frames would fit (ask for max_frames={fit}" + (")" if fit else ", or a larger budget)"),
-            needed=groups * per_group, allowed=max_video_tokens, frames_that_fit=fit)
-    return h, w
+
+    def tokens(h: int, w: int) -> int:
+        return groups * (h // config.factor) * (w // config.factor)
+
+    if max_video_tokens is None or tokens(h, w) <= max_video_tokens:
+        return h, w
+    h, w = smart_resize(num_frames, height, width, min_pixels=1, **kw)
+    if tokens(h, w) <= max_video_tokens:
+        return h, w
+    per_group = tokens(h, w) // groups
+    fit = max_video_tokens // per_group * config.temporal_patch_size
+    raise VideoTokenBudgetError(
+        f"{num_frames} sampled frames need at least {tokens(h, w)} video tokens ({w}x{h} pixels, {per_group} tokens "
+        f"per pair of frames) but the budget is {max_video_tokens}; {fit} frames would fit"
+        + (f" (ask for max_frames={fit})" if fit else "; raise the budget"),
+        needed=tokens(h, w), allowed=max_video_tokens, frames_that_fit=fit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,8 +227,7 @@ def prepare_video(source: bytes | bytearray | memoryview | str | os.PathLike, co
                   limits: VideoLimits = VideoLimits()) -> PreparedVideo:
     """Decode, sample, resize, normalise and group one clip (see the module contract)."""
     config = config or VideoConfig()
-    if max_video_tokens is not None:
-        plan_size(config.temporal_patch_size, config.factor, config.factor, config, max_video_tokens)  # validate early
+    check_budget(max_video_tokens)
     src = open_video(source, limits)
     meta = probe(src, limits)
     indices = sample_frames(meta.total_frames, meta.fps, meta.duration,
