@@ -8,14 +8,19 @@ Contract
   total_frames / fps. Where the header has no count (Matroska, WebM, some streams) the frames are counted by
   demuxing the stream's packets, without decoding them. Checked from the header, before any pixel is
   decoded: a video stream exists, it has a frame rate, and width * height <= `limits.max_frame_pixels`.
-- `decode_frames(src, indices, limits)` yields `(index, rgb)` for the sampled indices in increasing order,
+- `decode_frames(src, indices, meta, limits)` yields `(index, rgb)` for the sampled indices in increasing order,
   rgb = uint8 [H, W, 3] exactly as transformers' loader converts (`frame.to_ndarray(format="rgb24")`, FFmpeg's
   swscale). Index i is the i-th frame in presentation order, which is the i-th frame FFmpeg's decoder
   outputs when it decodes the stream from the start (transformers' enumeration). Only the GOPs (keyframe to
   next keyframe, in decode order) that hold a sampled frame are fed to the decoder, plus the GOP before a
   frame that precedes its own keyframe in presentation order (open-GOP leading frames); other packets are
-  demuxed and dropped, so a 40-minute file sampled at 640 frames decodes the GOPs around those frames only.
-  Streams whose packets lack timestamps are decoded from the start, counting output frames like transformers.
+  demuxed and dropped: decoding work follows the GOPs that hold sampled frames, not the file length (a
+  40-minute file with 2 s GOPs sampled at 640 frames decodes about half of it; with max_frames=32, 3%).
+  Equal to decoding from the start for closed GOPs (IDR keyframes, x264's default) and open-GOP leading
+  frames; a stream whose frames reference pictures before their GOP's keyframe could differ. Streams whose
+  packets lack timestamps, repeat them, or do not start with a keyframe are decoded from the start, counting
+  output frames like transformers. The decoder refuses any frame over `limits.max_frame_pixels` (FFmpeg's
+  max_pixels), also when the stream changes size after the header.
 - Only the demuxers in ALLOWED_FORMATS open, and FFmpeg may open no nested resource (playlists such as HLS
   would otherwise read other local files or URLs named inside the clip).
 - Bad input raises edge.errors video classes (4xx) whose message says what was wrong and what is allowed:
@@ -25,6 +30,7 @@ Contract
   flips, byte and size-field stomps, truncation, zeroed and spliced runs, header/trailer edits) gave no crash,
   no hang (slowest case 0.07 s) and no exception outside edge.errors. The per-request cost is bounded before
   decoding by `VideoLimits` (bytes, header frame size, frame count) and the sampler (at most 640 frames).
+- For a path, the sha256 is of the file as read before decoding; a file changed in between is not detected.
 No module-level mutable state.
 """
 
@@ -278,6 +284,7 @@ def decode_frames(src: VideoSource, indices: list[int], meta: VideoMetadata, lim
     with src.open() as container:
         stream = _video_stream(container, "container")
         stream.thread_type = "AUTO"  # frame/slice threads: same pixels, faster
+        stream.codec_context.options = {"max_pixels": str(limits.max_frame_pixels)}
         if scan is None:
             yield from _decode_sequential(container, stream, wanted, meta)
         else:
