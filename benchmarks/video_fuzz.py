@@ -59,7 +59,8 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     elif kind == "word":  # box/element sizes, counts, dimensions
         for _ in range(int(rng.integers(1, 5))):
             i = int(rng.integers(max(n - 4, 1)))
-            b[i:i + 4] = struct.pack(">I", int(rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000, int(rng.integers(2**32))])))
+            value = rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000, int(rng.integers(2**32))])
+            b[i:i + 4] = struct.pack(">I", int(value))
     elif kind == "truncate":
         del b[int(rng.integers(1, n)):]
     elif kind == "zero_run":

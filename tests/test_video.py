@@ -64,7 +64,8 @@ def hf_video_module():
     import transformers.video_processing_utils  # noqa: F401  (imported first, with torchvision really absent)
 
     name = "transformers.models.glm46v.video_processing_glm46v"
-    stubs = ("torchvision", "torchvision.transforms", "torchvision.transforms.v2", "torchvision.transforms.v2.functional")
+    stubs = ("torchvision", "torchvision.transforms", "torchvision.transforms.v2",
+             "torchvision.transforms.v2.functional")
     saved = {n: sys.modules.get(n) for n in (*stubs, name)}
     for n in stubs:
         sys.modules[n] = types.ModuleType(n)
@@ -95,7 +96,8 @@ def hf_load(module, path: Path):
     from transformers.video_utils import read_video_pyav
 
     sampler = SimpleNamespace(temporal_patch_size=2)
-    return read_video_pyav(str(path), lambda metadata, **kw: module.Glm46VVideoProcessor.sample_frames(sampler, metadata))
+    return read_video_pyav(str(path),
+                           lambda metadata, **kw: module.Glm46VVideoProcessor.sample_frames(sampler, metadata))
 
 
 def hf_pixels(module, frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -190,7 +192,7 @@ def test_request_knobs():
     data = clip_bytes(150, 90, 25, 7, seed=1)
     default = prepare_video(data)
     capped = prepare_video(data, options=SamplingOptions(max_frames=9))
-    slow = prepare_video(data, options=SamplingOptions(fps=1))
+    slow = prepare_video(data, options=SamplingOptions(fps=2))  # 2 frames/s: one frame pair per second
     assert default.n_frames == 42 and capped.n_frames == 8 and slow.n_frames == 14
     assert np.allclose(np.diff([g.timestamp for g in slow.groups]), 1.0, atol=0.05)
     assert [g.timestamp_text for g in slow.groups][:3] == ["0.0 seconds", "1.0 seconds", "2.0 seconds"]

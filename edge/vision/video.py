@@ -327,7 +327,8 @@ def _decode_gops(container, stream, wanted, scan: _Packets, meta) -> Iterator[tu
     order = sorted(scan.pts)  # presentation order: frame index -> pts
     if wanted[-1] >= len(order):
         raise TruncatedVideoError(f"the video declares {meta.total_frames} frames but its stream holds "
-                                  f"{len(order)} packets; sampled frame {wanted[-1]} is missing (the file is cut short)")
+                                  f"{len(order)} packets; sampled frame {wanted[-1]} is missing "
+                                  "(the file is cut short)")
     want = {order[i]: i for i in wanted}
     feed = _needed_packets(scan, set(want))
     ctx = stream.codec_context

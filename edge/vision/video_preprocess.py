@@ -69,7 +69,8 @@ class VideoConfig:
             if cfg.get(flag, True) is not True:
                 raise CheckpointError(f"video_preprocessor_config {flag}={cfg[flag]!r}; only true is supported")
         if int(cfg.get("resample", BICUBIC)) != BICUBIC:
-            raise CheckpointError(f"video_preprocessor_config resample={cfg['resample']!r}; only bicubic (3) is supported")
+            raise CheckpointError(f"video_preprocessor_config resample={cfg['resample']!r}; "
+                                  "only bicubic (3) is supported")
         size = cfg.get("size") or {}
         out = cls(patch_size=int(cfg.get("patch_size", cls.patch_size)),
                   temporal_patch_size=int(cfg.get("temporal_patch_size", cls.temporal_patch_size)),
@@ -244,7 +245,8 @@ def prepare_video(source: bytes | bytearray | memoryview | str | os.PathLike, co
             patches = patchify_pair(normalize(np.stack([frames[i] for i in pair]), config), config)
             patches.flags.writeable = False
             ts = pair[0] / meta.fps
-            groups.append(FrameGroup(pixel_patches=patches, grid_thw=(1, h // config.patch_size, w // config.patch_size),
+            grid = (1, h // config.patch_size, w // config.patch_size)
+            groups.append(FrameGroup(pixel_patches=patches, grid_thw=grid,
                                      n_tokens=rows * cols, merged_rows=rows, merged_cols=cols, frame_indices=pair,
                                      timestamp=ts, timestamp_text=timestamp_text(ts),
                                      cache_key=hashlib.sha256(f"{key}|group{g}".encode()).hexdigest()))

@@ -6,10 +6,12 @@ Contract
   metadata transformers' PyAV loader computes (see edge/vision/video.py). Defaults reproduce transformers
   exactly: target fps 3 for clips up to 30 s, 1 up to 300 s, else 0.5; at most 640 frames; the clip is
   considered only up to 2400 s; duplicates dropped; an odd count padded by repeating the last index.
-- Per-request knobs (`SamplingOptions`), named as vLLM / Qwen-VL users know them:
-  `fps` replaces the dynamic target rate (frames kept = 2 * fps per second, as transformers keeps two frames
-  per temporal patch), `max_frames` caps the number of sampled frames (rounded down to the temporal patch
-  size, at least one patch). With neither given the result is transformers' own.
+- Per-request knobs (`SamplingOptions`), named as Qwen-VL / vLLM users know them:
+  `fps` = frames sampled per second of video (as `fps` in qwen-vl-utils and vLLM's video loader); it replaces
+  transformers' dynamic rate, which in these units is 6 fps up to 30 s, 2 fps up to 300 s, then 1 fps
+  (transformers counts temporal patches of 2 frames: its target_fps 3 / 1 / 0.5). `max_frames` caps the
+  sampled frames (rounded down to the temporal patch size, at least one patch; vLLM's closest knob is
+  `--media-io-kwargs '{"video": {"num_frames": N}}'`). With neither given the result is transformers' own.
 - `timestamps(indices, fps)` are the seconds of each sampled frame (index / fps), as the processor writes them.
 Pure functions; no module-level mutable state.
 """
@@ -35,7 +37,7 @@ MAX_FPS_OVERRIDE = 60.0
 class SamplingOptions:
     """Per-request overrides; None keeps transformers' behaviour."""
 
-    fps: float | None = None  # target sampling rate in frames per second of video
+    fps: float | None = None  # sampled frames per second of video (transformers' target_fps * 2)
     max_frames: int | None = None  # cap on sampled frames (one temporal patch = 2 frames minimum)
 
     def __post_init__(self):
@@ -54,7 +56,8 @@ class SamplingOptions:
 
 
 def target_fps(duration: float) -> float:
-    """transformers' dynamic rate: 3 fps up to 30 s, 1 fps up to 300 s, then 0.5 fps (duration capped at 2400 s)."""
+    """transformers' target_fps in temporal patches (frame pairs) per second: 3 up to 30 s, 1 up to 300 s, then
+    0.5 (duration capped at 2400 s)."""
     effective = min(duration, MAX_DURATION)
     for limit, rate in DYNAMIC_FPS:
         if effective <= limit:
@@ -72,7 +75,7 @@ def sample_frames(total_frames: int, fps: float, duration: float | None = None, 
     max_idx = total_frames - 1
     duration = duration or round(max_idx / fps) + 1  # `or`: a zero duration falls back, as in transformers
     effective = min(duration, MAX_DURATION)
-    rate = options.fps if options.fps is not None else target_fps(duration)
+    rate = options.fps / temporal_patch_size if options.fps is not None else target_fps(duration)
     cap = MAX_FRAMES
     if options.max_frames is not None:
         cap = min(cap, max(temporal_patch_size, options.max_frames - options.max_frames % temporal_patch_size))
@@ -98,8 +101,9 @@ def sample_frames(total_frames: int, fps: float, duration: float | None = None, 
         unique.append(unique[-1])
     if not unique:
         raise NoVideoFramesError(
-            f"sampling a {duration:.3g} s clip ({total_frames} frames at {fps:.4g} fps) at {rate:g} fps keeps no frame; "
-            f"the clip must last at least {1 / (rate * temporal_patch_size):.3g} s, or ask for a higher fps")
+            f"sampling a {duration:.3g} s clip ({total_frames} frames at {fps:.4g} fps) at "
+            f"{rate * temporal_patch_size:g} frames per second keeps no frame; the clip must last at least "
+            f"{1 / (rate * temporal_patch_size):.3g} s at this rate, or ask for a higher fps")
     return unique
 
 
