@@ -12,13 +12,11 @@ Contract
   (transformers counts temporal patches of 2 frames: its target_fps 3 / 1 / 0.5). `max_frames` caps the
   sampled frames (rounded down to the temporal patch size, at least one patch; vLLM's closest knob is
   `--media-io-kwargs '{"video": {"num_frames": N}}'`). With neither given the result is transformers' own.
-- `timestamps(indices, fps)` are the seconds of each sampled frame (index / fps), as the processor writes them.
 Pure functions; no module-level mutable state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -106,12 +104,3 @@ def sample_frames(total_frames: int, fps: float, duration: float | None = None, 
             f"{1 / (rate * temporal_patch_size):.3g} s at this rate, or ask for a higher fps")
     return unique
 
-
-def timestamps(indices: list[int], fps: float) -> list[float]:
-    """Seconds of each sampled frame: index / fps."""
-    return [i / fps for i in indices]
-
-
-def sampling_key(content_sha256: str, options: SamplingOptions, indices: list[int]) -> str:
-    """Hash of the clip bytes and the frames taken from it."""
-    return hashlib.sha256(f"{content_sha256}|{options.key()}|{indices}".encode()).hexdigest()
