@@ -323,10 +323,13 @@ class VideoTooLargeError(VideoError):
 
 
 class VideoTokenBudgetError(VideoError):
-    """The sampled frames need more LLM tokens than the request's video budget allows."""
+    """The sampled frames need more LLM tokens than the video budget allows; says how many frames would fit."""
 
-    code = "video_token_budget_exceeded"
+    code = "context_length_exceeded"
 
     def __init__(self, message: str, needed: int, allowed: int, frames_that_fit: int):
         self.needed, self.allowed, self.frames_that_fit = needed, allowed, frames_that_fit
         super().__init__(message)
+
+    def __reduce__(self):  # rebuilt from its numbers if it crosses a process boundary
+        return (type(self), (str(self), self.needed, self.allowed, self.frames_that_fit))
