@@ -327,3 +327,47 @@ class ToolImageTooLargeError(ToolResultError):
     """An image a tool returned is over the host's size limit."""
 
     http_status = 413
+
+
+# --- video input (issue 12) --------------------------------------------------------------------
+
+
+class VideoError(InputError):
+    """A video could not be used."""
+
+    code = "invalid_video"
+
+
+class NotAVideoError(VideoError):
+    """The bytes are not a container FFmpeg can open, or hold no video stream."""
+
+
+class TruncatedVideoError(VideoError):
+    """The container is cut short or corrupt: its header or the sampled frames' packets do not decode."""
+
+
+class NoVideoFpsError(VideoError):
+    """The video stream declares no frame rate; GLM's frame sampler needs one."""
+
+
+class NoVideoFramesError(VideoError):
+    """The video stream has no decodable frame, or sampling keeps none."""
+
+
+class VideoTooLargeError(VideoError):
+    """Encoded size or decoded frame size (refused from the header) over the allowed limit."""
+
+    http_status = 413
+
+
+class VideoTokenBudgetError(VideoError):
+    """The sampled frames need more LLM tokens than the video budget allows; says how many frames would fit."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, needed: int, allowed: int, frames_that_fit: int):
+        self.needed, self.allowed, self.frames_that_fit = needed, allowed, frames_that_fit
+        super().__init__(message)
+
+    def __reduce__(self):  # rebuilt from its numbers if it crosses a process boundary
+        return (type(self), (str(self), self.needed, self.allowed, self.frames_that_fit))
