@@ -60,6 +60,8 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
     preprocessor = read_json(ckpt.path / "preprocessor_config.json")
     generation_file = ckpt.path / "generation_config.json"
     generation = read_json(generation_file) if generation_file.is_file() else {}
+    video_file = ckpt.path / "video_preprocessor_config.json"  # absent: the runtime uses transformers' defaults
+    video_preprocessor = read_json(video_file) if video_file.is_file() else None
     tokens = token_ids(ckpt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,7 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
         "tokens": tokens,
         "preprocessor": preprocessor,
         "generation": generation,
+        "video_preprocessor": video_preprocessor,
     }
     with atomic_output(out_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")

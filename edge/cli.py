@@ -59,7 +59,7 @@ def _cmd_serve(args) -> None:
         media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
         allow_remote_media=args.allow_remote_media, remote_timeout=args.remote_timeout,
         max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
-        max_document_bytes=int(args.max_document_mb * (1 << 20)),
+        max_document_bytes=int(args.max_document_mb * (1 << 20)), max_video_bytes=int(args.max_video_mb * (1 << 20)),
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, serve_page=not args.no_page,
     )
     app = create_app(settings)
@@ -120,10 +120,14 @@ def _cmd_chat(args) -> None:
 
     doc_options = {k: v for k, v in (("pages", args.pages), ("page_tokens", args.page_tokens)) if v is not None}
 
-    def turn(text: str, images: list[str], files: list[str] = ()) -> None:
+    video_options = {k: v for k, v in (("fps", args.video_fps), ("max_frames", args.max_frames),
+                                        ("max_video_tokens", args.max_video_tokens)) if v is not None}
+
+    def turn(text: str, images: list[str], files: list[str] = (), videos: list[str] = ()) -> None:
         parts = [{"type": "file", "file": str(Path(f).expanduser()), **doc_options} for f in files]
+        parts += [{"type": "video", "video": str(Path(v).expanduser()), **video_options} for v in videos]
         parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
-        history.append({"role": "user", "content": parts if images or files else text})
+        history.append({"role": "user", "content": parts if images or files or videos else text})
         in_reasoning = False
         done = None
         for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
@@ -160,7 +164,7 @@ def _cmd_chat(args) -> None:
 
     try:
         if prompt is not None:
-            turn(prompt, args.image or [], args.file or [])
+            turn(prompt, args.image or [], args.file or [], args.video or [])
             return
         print("glm-edge chat: type a message; /image PATH attaches an image to the next message, /reset clears the "
               "conversation, /quit (or Ctrl-D) leaves.", file=sys.stderr)
@@ -339,6 +343,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-images", type=int, default=16, help="images per request")
     p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size of one image")
     p.add_argument("--max-document-mb", type=float, default=64.0, help="encoded size of one PDF")
+    p.add_argument("--max-video-mb", type=float, default=256.0, help="encoded size of one video")
     p.add_argument("--max-body-mb", type=float, default=96.0, help="request body size (a 64 MB PDF is ~86 MB in base64)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
     p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
@@ -355,6 +360,11 @@ def _add_chat(sub) -> None:
     p.add_argument("words", nargs="*", help="[BUNDLE] PROMPT")
     p.add_argument("--model", default=None, help="bundle or HF checkpoint folder (instead of the first word)")
     p.add_argument("--image", action="append", default=None, help="image file to attach (repeatable)")
+    p.add_argument("--video", action="append", default=None, help="video file to attach (repeatable)")
+    p.add_argument("--video-fps", type=float, default=None,
+                   help="sampled frames per second of video (default: as transformers: 6/2/1 by clip length)")
+    p.add_argument("--max-frames", type=int, default=None, help="most sampled frames per video")
+    p.add_argument("--max-video-tokens", type=int, default=None, help="video token budget per video")
     p.add_argument("--file", action="append", default=None, help="PDF to attach, read as page images (repeatable)")
     p.add_argument("--pages", default=None, help='pages of each --file to read, e.g. "1-3,5" (default: all)')
     p.add_argument("--page-tokens", type=int, default=None, help="per-page token budget of each --file (default 1280)")

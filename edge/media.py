@@ -2,9 +2,10 @@
 
 `MediaPolicy.resolve(messages)` replaces every image part (`image_url` or `image`) of OpenAI-shaped message
 dicts with `{"type": "image", "image": <bytes>, "min_tokens", "max_tokens"}` (what `edge.chat.template` takes)
-and the `file_data` of every file part (a PDF) with its bytes (what `edge.vision.file_parts` takes), enforcing:
+and the `file_data` of every file part (a PDF) and the url of every video part (`video_url` or `video`) with
+their bytes (what `edge.vision.file_parts` and the template take), enforcing:
 - at most `max_images` images per request (400 `too_many_images`) and `max_image_bytes` each (413);
-  `max_document_bytes` for each document;
+  `max_document_bytes` for each document, `max_video_bytes` for each video;
 - `data:` URLs: decoded here (bad base64 -> 400 `invalid_image`);
 - local files (a path or `file://` URL): only with a media folder; a relative path is taken inside it; the
   real path (symlinks resolved) must lie inside the folder's real path, so `..` traversal and symlinks
@@ -28,7 +29,7 @@ from typing import Any
 
 from edge.errors import ImageError, ImageTooLargeError, MediaAccessError, MediaFetchError, TooManyImagesError
 from edge.vision.image import read_source
-from edge.chat.template import DETAIL_MAX_TOKENS
+from edge.chat.template import DETAIL_MAX_TOKENS, VIDEO_KNOBS
 from edge.vision.file_parts import file_source, is_file_part
 
 
@@ -37,6 +38,17 @@ class ImageSpec:
     url: str
     min_tokens: int | None
     max_tokens: int | None
+
+
+def _video_url(part: dict) -> tuple[str, dict] | None:
+    """(url, knobs) of a video part that names its clip by URL (bytes from the Python API pass through)."""
+    if part.get("type") == "video_url":
+        spec = part.get("video_url") or {}
+        spec = {"url": spec} if isinstance(spec, str) else spec
+        return spec.get("url") or "", {k: spec[k] for k in VIDEO_KNOBS if spec.get(k) is not None}
+    if part.get("type") == "video" and isinstance(part.get("video"), str):
+        return part["video"], {k: part[k] for k in VIDEO_KNOBS if part.get(k) is not None}
+    return None
 
 
 def _image_spec(part: dict) -> ImageSpec | None:
@@ -58,6 +70,7 @@ class MediaPolicy:
     max_images: int = 16
     max_image_bytes: int = 20 << 20
     max_document_bytes: int = 64 << 20
+    max_video_bytes: int = 256 << 20
     remote_timeout: float = 10.0
     max_redirects: int = 3
 
@@ -85,6 +98,11 @@ class MediaPolicy:
                     data = await self.fetch(source, http_client, self.max_document_bytes) if isinstance(source, str) \
                         else bytes(source)
                     parts.append({"type": "file", "file": {**spec, "file_data": data}})
+                    continue
+                video = _video_url(part)
+                if video is not None:
+                    data = await self.fetch(video[0], http_client, self.max_video_bytes)
+                    parts.append({"type": "video", "video": data, **video[1]})
                     continue
                 spec = _image_spec(part)
                 if spec is None:

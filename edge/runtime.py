@@ -31,13 +31,13 @@ import numpy as np
 from edge.bundle import Bundle, load_bundle
 from edge.chat.parse import StreamParser
 from edge.chat.results import ChatDelta, ChatDone, ChatEvent, Timings, Usage
-from edge.chat.template import ImageRef, PromptBuilder
+from edge.chat.template import ImageRef, PromptBuilder, VideoRef
 from edge.engine.chunks import Chunk
 from edge.engine.detok import Detokenizer
 from edge.engine.generate import Engine, Finish
 from edge.engine.llama import Decoder, gpu_layers
 from edge.engine.sampling import SamplingParams, sampling_defaults
-from edge.errors import BundleError, ContextOverflowError
+from edge.errors import BundleError, ContextOverflowError, VideoTokenBudgetError
 from edge.options import RuntimeOptions, default_parallel
 from edge.vision.cache import ImageEmbeddingCache
 from edge.vision.encoder import VisionEncoder, image_embeddings
@@ -45,6 +45,11 @@ from edge.vision.file_parts import expand_documents
 from edge.vision.image import DEFAULT_MAX_BYTES, ImageConfig, PreparedImage, content_hash, prepare_image, read_source
 from edge.vision.pdf_worker import PdfRenderer
 from edge.vision.projector import ProjectorLike, load_projector
+from edge.vision.video import VideoLimits
+from edge.vision.video_preprocess import (
+    BEGIN_IMAGE, END_IMAGE, FrameGroup, PreparedVideo, VideoConfig, prepare_video,
+)
+from edge.vision.video_sampling import SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +71,15 @@ class RuntimeStats:
 
 @dataclass
 class Media:
-    """One medium of a request: its chunk, its original size (for boxes), and what encoding it needs."""
+    """One media chunk of a request (an image, or one frame group of a video): its chunk, the original size
+    (for boxes), and what encoding it needs."""
 
     chunk: Chunk
     size: tuple[int, int]
     data: bytes
-    ref: ImageRef
-    prepared: PreparedImage | None = None  # already preprocessed in this request (first sight)
+    ref: ImageRef | VideoRef
+    prepared: PreparedImage | FrameGroup | None = None  # already preprocessed in this request (first sight)
+    group: int = 0  # a video's frame group
 
 
 @dataclass
@@ -82,6 +89,10 @@ class Prompt:
     chunks: list[Chunk]
     media: dict[str, Media]
     sizes: list[tuple[int, int]]  # original size of each image, in prompt order
+    video_tokens: int = 0
+    videos: int = 0
+    video_frames: int = 0
+    video_sizes: list[tuple[int, int]] = field(default_factory=list)  # original frame size per video
 
 
 class Runtime:
@@ -100,6 +111,7 @@ class Runtime:
         self.engine = engine_factory(decoder, set(bundle.tokens["eog"]))
         self.image_cache = ImageEmbeddingCache(int(options.image_cache_mb * (1 << 20)))
         self.documents = PdfRenderer(self.image_config)  # PDFium in a worker process, started by the first PDF
+        self.video_config = VideoConfig.from_video_preprocessor_config(bundle.manifest.get("video_preprocessor"))
         self.defaults, self.default_sources = sampling_defaults(bundle.manifest.get("generation") or {})
         self.enable_thinking = options.thinking
         self.stats = RuntimeStats()
@@ -107,6 +119,8 @@ class Runtime:
         # (source sha256, token budget) -> (chunk, original size) of images seen before: a later turn about
         # the same image skips decoding and resizing it unless its embedding is needed again.
         self._image_meta: OrderedDict[tuple, tuple[Chunk, tuple[int, int]]] = OrderedDict()
+        # The same for videos: (sha256, knobs) -> (group chunks with their timestamp texts, size, sampled frames).
+        self._video_meta: OrderedDict[tuple, tuple[list[tuple[Chunk, str]], tuple[int, int], int]] = OrderedDict()
 
     @classmethod
     def load(cls, path: str | Path, options: RuntimeOptions | None = None, *,
@@ -149,13 +163,51 @@ class Runtime:
             self._image_meta.popitem(last=False)
         return Media(chunk, image.original_size, data, ref, image)
 
+    def prepare_video(self, data: bytes, ref: VideoRef) -> PreparedVideo:
+        return prepare_video(data, self.video_config, options=SamplingOptions(fps=ref.fps, max_frames=ref.max_frames),
+                             max_video_tokens=ref.max_tokens)
+
+    def _describe_video(self, ref: VideoRef) -> list[Chunk | Media]:
+        """A video as transformers' processor expands it: per frame group `<|begin_of_image|>`, the group's image
+        tokens (laid out like an image), `<|end_of_image|>` and its timestamp text; decoded only when new."""
+        data = read_source(ref.source, max_bytes=VideoLimits.max_bytes)
+        memo = (content_hash(data), ref.fps, ref.max_frames, ref.max_tokens)
+        meta = self._video_meta.get(memo)
+        video = None
+        if meta is None:
+            video = self.prepare_video(data, ref)
+            groups = [(Chunk.media(g.cache_key, g.merged_rows, g.merged_cols, self.bundle.tokens["image"]),
+                       g.timestamp_text) for g in video.groups]
+            meta = (groups, (video.metadata.width, video.metadata.height), video.n_frames)
+            self._video_meta[memo] = meta
+            while len(self._video_meta) > 256:
+                self._video_meta.popitem(last=False)
+        groups, size, _ = meta
+        out: list[Chunk | Media] = []
+        for i, (chunk, stamp) in enumerate(groups):
+            before = ("" if i == 0 else f"{END_IMAGE}{groups[i - 1][1]}") + BEGIN_IMAGE
+            out.append(Chunk.text(self.prompt.tokenize(before)))
+            out.append(Media(chunk, size, data, ref, video.groups[i] if video else None, i))
+        out.append(Chunk.text(self.prompt.tokenize(f"{END_IMAGE}{groups[-1][1]}")))
+        return out
+
     def build_prompt(self, messages: Sequence[dict], tools: list[dict] | None = None,
                      enable_thinking: bool = True) -> Prompt:
         """The prompt's chunks. PDF file parts become their page images; when a document does not fit the
-        context, it is rendered again within what is left (DocumentBudgetError says what would fit)."""
+        context, it is rendered again within what is left (DocumentBudgetError says what would fit); a video
+        that does not fit is refused with how many frames would."""
         expanded = expand_documents(messages, self.documents)
         prompt = self._chunks(expanded.messages, tools, enable_thinking)
         cells = sum(c.n_tokens for c in prompt.chunks)
+        if prompt.videos and cells >= self.decoder.n_ctx:
+            per_group = prompt.video_tokens // max(prompt.video_frames // 2, 1) + 6  # tokens + markers and time
+            room = self.decoder.n_ctx - 1 - (cells - prompt.video_tokens - 6 * (prompt.video_frames // 2))
+            fit = max(room // per_group, 0) * 2
+            raise VideoTokenBudgetError(
+                f"the prompt needs {cells + 1} tokens ({prompt.video_tokens} of them video tokens of "
+                f"{prompt.video_frames} frames) but the context allows {self.decoder.n_ctx}; about {fit} frames "
+                f"would fit (ask for max_frames={fit}), or lower max_video_tokens or start the server with a larger "
+                "--ctx-size", cells + 1, self.decoder.n_ctx, fit)
         if expanded.documents and cells >= self.decoder.n_ctx:
             if len(expanded.documents) > 1:
                 raise ContextOverflowError(cells + 1, self.decoder.n_ctx, f"{len(expanded.documents)} documents")
@@ -166,15 +218,26 @@ class Runtime:
 
     def _chunks(self, messages: Sequence[dict], tools: list[dict] | None, enable_thinking: bool) -> Prompt:
         segments, _, _ = self.prompt.build(messages, tools, enable_thinking)
-        chunks, media, sizes = [], {}, []
+        prompt = Prompt([], {}, [])
         for segment in segments:
-            if isinstance(segment, ImageRef):
-                item = self._describe(segment)
-                media.setdefault(item.chunk.key, item)
-                sizes.append(item.size)
-                segment = item.chunk
-            chunks.append(segment)
-        return Prompt(chunks, media, sizes)
+            if isinstance(segment, VideoRef):
+                items = self._describe_video(segment)
+                groups = [i for i in items if isinstance(i, Media)]
+                prompt.video_sizes.append(groups[0].size)
+                prompt.videos += 1
+                prompt.video_frames += 2 * len(groups)
+                prompt.video_tokens += sum(g.chunk.n_tokens for g in groups)
+            elif isinstance(segment, ImageRef):
+                items = [self._describe(segment)]
+                prompt.sizes.append(items[0].size)
+            else:
+                items = [segment]
+            for item in items:
+                if isinstance(item, Media):
+                    prompt.media.setdefault(item.chunk.key, item)
+                    item = item.chunk
+                prompt.chunks.append(item)
+        return prompt
 
     # --- 3. media embeddings ---------------------------------------------------------------------
 
@@ -182,7 +245,7 @@ class Runtime:
               usage: Usage | None = None) -> dict[str, np.ndarray]:
         """Embeddings of the media `keys` of `prompt`: from the image cache, else preprocessed and encoded."""
         timings, usage = timings or Timings(), usage or Usage()
-        out = {}
+        out, videos = {}, {}
         for key in keys:
             cached = self.image_cache.get(key)
             if cached is not None:
@@ -192,7 +255,13 @@ class Runtime:
                 continue
             item = prompt.media[key]
             start = time.perf_counter()
-            image = item.prepared or self.prepare(ImageRef(item.data, item.ref.min_tokens, item.ref.max_tokens))
+            image = item.prepared
+            if image is None and isinstance(item.ref, VideoRef):  # evicted: decode the clip again, once
+                if item.data not in videos:
+                    videos[item.data] = self.prepare_video(item.data, item.ref)
+                image = videos[item.data].groups[item.group]
+            elif image is None:
+                image = self.prepare(ImageRef(item.data, item.ref.min_tokens, item.ref.max_tokens))
             timings.preprocess += time.perf_counter() - start
             start = time.perf_counter()
             out[key] = image_embeddings(self.vision, self.projector, image.pixel_patches, image.grid_thw)
@@ -216,7 +285,8 @@ class Runtime:
         with self._lock:
             prompt = self.build_prompt(messages, tools, thinking)
         timings.preprocess = time.perf_counter() - t
-        parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=prompt.sizes or None)
+        # boxes refer to the images; with only videos, to the frames (timestamps: see README, Video)
+        parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=prompt.sizes or prompt.video_sizes or None)
         finish = Finish()
         pieces: list[str] = []
         lease = self.engine.acquire(prompt.chunks)
@@ -256,8 +326,9 @@ class Runtime:
         plan = lease.plan
         media_chunks = [c for c in prompt.chunks if c.is_media]
         usage.prompt_tokens, usage.cached_tokens = plan.cells, plan.reused
-        usage.image_tokens = sum(c.n_tokens for c in media_chunks)
-        usage.images = len(media_chunks)
+        usage.image_tokens = sum(c.n_tokens for c in media_chunks) - prompt.video_tokens
+        usage.images = len(prompt.sizes)
+        usage.video_tokens, usage.videos, usage.video_frames = prompt.video_tokens, prompt.videos, prompt.video_frames
         usage.completion_tokens = len(finish.tokens)
         reason = "tool_calls" if output.tool_calls and finish.reason == "stop" else finish.reason
         self._account(usage, timings)

@@ -184,14 +184,17 @@ def usage_json(usage: Usage) -> dict:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "image_tokens": usage.image_tokens,
-                                  "text_tokens": usage.prompt_tokens - usage.image_tokens},
+                                  "video_tokens": usage.video_tokens,
+                                  "text_tokens": usage.prompt_tokens - usage.image_tokens - usage.video_tokens},
         "images": usage.images,
+        "videos": usage.videos,
+        "video_frames": usage.video_frames,
     }
 
 
 def timings_json(timings: Timings, usage: Usage, queue_seconds: float) -> dict:
     ms = lambda s: round(s * 1000, 3)  # noqa: E731
-    decoded = usage.prompt_tokens - usage.cached_tokens - usage.image_tokens
+    decoded = usage.prompt_tokens - usage.cached_tokens - usage.image_tokens - usage.video_tokens
     return {
         "queue_ms": ms(queue_seconds),
         "preprocess_ms": ms(timings.preprocess),
@@ -199,7 +202,7 @@ def timings_json(timings: Timings, usage: Usage, queue_seconds: float) -> dict:
         "prefill_ms": ms(timings.prefill),
         "decode_ms": ms(timings.decode),
         "first_token_ms": ms(timings.first_token),
-        "prefill_tokens_per_second": round(timings.prefill_tokens_per_second(max(decoded, 0) + usage.image_tokens), 2),
+        "prefill_tokens_per_second": round(timings.prefill_tokens_per_second(max(decoded, 0) + usage.image_tokens + usage.video_tokens), 2),
         "decode_tokens_per_second": round(timings.decode_tokens_per_second(usage.completion_tokens), 2),
     }
 

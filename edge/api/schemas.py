@@ -49,6 +49,28 @@ class ImagePart(_Model):
     min_tokens: int | None = Field(None, ge=1, le=MAX_INT)
 
 
+class VideoUrl(_Model):
+    url: str = Field(min_length=1, description="data:video/...;base64, a path under --media-dir, or http(s) if allowed")
+    fps: float | None = Field(None, gt=0, le=60, description="extension: sampled frames per second of video")
+    max_frames: int | None = Field(None, ge=2, le=MAX_INT, description="extension: most sampled frames")
+    max_video_tokens: int | None = Field(None, ge=2, le=MAX_INT, description="extension: video token budget")
+
+
+class VideoUrlPart(_Model):
+    type: Literal["video_url"]
+    video_url: VideoUrl
+
+
+class VideoPart(_Model):
+    """{"type": "video", "video": "<data URL or path>", fps?, max_frames?, max_video_tokens?}."""
+
+    type: Literal["video"]
+    video: str = Field(min_length=1)
+    fps: float | None = Field(None, gt=0, le=60)
+    max_frames: int | None = Field(None, ge=2, le=MAX_INT)
+    max_video_tokens: int | None = Field(None, ge=2, le=MAX_INT)
+
+
 class FileSpec(_Model):
     """OpenAI's file part body; a PDF in `file_data` (a data: URL, or a path under --media-dir), rendered to page
     images. Extensions: the page selection and the per-page token budget."""
@@ -69,7 +91,8 @@ class FilePart(_Model):
     file: FileSpec
 
 
-ContentPart = Annotated[TextPart | ImageUrlPart | ImagePart | FilePart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImageUrlPart | ImagePart | VideoUrlPart | VideoPart | FilePart,
+                        Field(discriminator="type")]
 
 
 class FunctionCall(_Model):

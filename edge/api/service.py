@@ -67,6 +67,7 @@ class ServerSettings:
     max_images: int = 16
     max_image_bytes: int = 20 << 20
     max_document_bytes: int = 64 << 20
+    max_video_bytes: int = 256 << 20
     max_body_bytes: int = 96 << 20
     max_queue: int = 16
     serve_page: bool = True
@@ -75,6 +76,7 @@ class ServerSettings:
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(media_dir=self.media_dir, allow_remote=self.allow_remote_media, max_images=self.max_images,
                            max_image_bytes=self.max_image_bytes, max_document_bytes=self.max_document_bytes,
+                           max_video_bytes=self.max_video_bytes,
                            remote_timeout=self.remote_timeout)
 
 

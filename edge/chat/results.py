@@ -15,11 +15,14 @@ from edge.chat.parse import ChatDelta, ParsedOutput
 @dataclass
 class Usage:
     prompt_tokens: int = 0  # text + image tokens of the prompt
-    image_tokens: int = 0  # of prompt_tokens, those that are image embeddings
+    image_tokens: int = 0  # of prompt_tokens, those that are image embeddings (videos apart)
     cached_tokens: int = 0  # of prompt_tokens, reused from the KV cache of an earlier request
     completion_tokens: int = 0
     images: int = 0
     images_cached: int = 0  # images whose embeddings came from the image cache (no encode)
+    video_tokens: int = 0  # of prompt_tokens, those that are video frame-group embeddings
+    videos: int = 0
+    video_frames: int = 0  # sampled frames (two per frame group)
 
     @property
     def total_tokens(self) -> int:

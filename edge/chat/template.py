@@ -12,6 +12,7 @@ the image goes); the runtime turns each into an engine chunk.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,21 @@ class ImageRef:
     max_tokens: int | None = None
 
 
-Segment = Chunk | ImageRef  # a prompt in template order: a text chunk, or the image that goes there
+@dataclass(frozen=True)
+class VideoRef:
+    """One video of a request: its source and per-request sampling knobs (None: transformers' behaviour)."""
+
+    source: Any  # bytes or a path (the server has already checked access)
+    fps: float | None = None  # sampled frames per second of video
+    max_frames: int | None = None
+    max_tokens: int | None = None  # video token budget
+
+
+MediaRef = ImageRef | VideoRef
+Segment = Chunk | ImageRef | VideoRef  # a prompt in template order: a text chunk, or the medium that goes there
+VIDEO_PLACEHOLDER = "<|video|>"
+_PLACEHOLDERS = re.compile(r"(<\|image\|>|<\|video\|>)")
+VIDEO_KNOBS = ("fps", "max_frames", "max_video_tokens")
 
 DETAIL_MAX_TOKENS = {"low": 256, "high": None, "auto": None}
 
@@ -59,13 +74,39 @@ def _image_ref(part: dict) -> ImageRef:
     return ImageRef(source, part.get("min_tokens"), part.get("max_tokens"))
 
 
+def _video_ref(part: dict) -> VideoRef:
+    if part.get("type") == "video_url" or "video_url" in part:
+        spec = part.get("video_url")
+        spec = {"url": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not spec.get("url"):
+            raise InputError("a video_url part needs video_url.url (a data: URL or an allowed path)")
+        source = spec["url"]
+    else:
+        spec, source = part, part.get("video")
+        if source is None:
+            raise InputError("a video part needs a `video` value (bytes or a path)")
+    fps, frames, tokens = (spec.get(k) for k in VIDEO_KNOBS)
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 60):
+        raise InputError(f"video fps is {fps!r}; allowed: a number in (0, 60] (sampled frames per second)")
+    for name, value in (("max_frames", frames), ("max_video_tokens", tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+            raise InputError(f"video {name} is {value!r}; allowed: an integer >= 2")
+    return VideoRef(source, fps, frames, tokens)
+
+
+def _is_video_part(part: Any) -> bool:
+    return isinstance(part, dict) and (
+        part.get("type") in ("video", "video_url") or "video" in part or "video_url" in part
+    )
+
+
 def _is_image_part(part: Any) -> bool:
     return isinstance(part, dict) and (
         part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part
     )
 
 
-def _normalize_content(content: Any, role: str, images: list[ImageRef]) -> Any:
+def _normalize_content(content: Any, role: str, images: list[MediaRef]) -> Any:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -79,11 +120,17 @@ def _normalize_content(content: Any, role: str, images: list[ImageRef]) -> Any:
                 raise InputError("images in assistant messages are not supported; put them in a user or tool message")
             images.append(_image_ref(part))
             parts.append({"type": "image"})
+        elif _is_video_part(part):
+            if role != "user":
+                raise InputError("videos are supported in user messages only (the model's template renders them there)")
+            images.append(_video_ref(part))
+            parts.append({"type": "video"})
         elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
         else:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise InputError(f"unsupported {role} content part {kind!r}; allowed: text, image_url, image")
+            raise InputError(f"unsupported {role} content part {kind!r}; allowed: text, image_url, image, "
+                             "video_url, video, file")
     return parts
 
 
@@ -105,8 +152,8 @@ def _normalize_tool_calls(calls: Any) -> list[dict]:
     return out
 
 
-def normalize_messages(messages: Sequence[dict]) -> tuple[list[dict], list[ImageRef]]:
-    """Template-ready messages and the images they hold, in template order."""
+def normalize_messages(messages: Sequence[dict]) -> tuple[list[dict], list[MediaRef]]:
+    """Template-ready messages and the media (images, videos) they hold, in template order."""
     if not messages:
         raise InputError("messages must not be empty")
     out, images = [], []
@@ -165,21 +212,24 @@ class PromptBuilder:
             raise TemplateError(f"the chat template rejected these messages: {e}") from e
 
     def build(self, messages: Sequence[dict], tools: list[dict] | None = None, enable_thinking: bool = True
-              ) -> tuple[list[Segment], list[ImageRef], str]:
-        """(segments, images, rendered text): the prompt in order (text pieces tokenised into text chunks, each
-        image as its ImageRef), the images alone, and the text."""
-        clean, images = normalize_messages(messages)
+              ) -> tuple[list[Segment], list[MediaRef], str]:
+        """(segments, media, rendered text): the prompt in order (text pieces tokenised into text chunks, each
+        image or video as its reference), the media alone, and the text."""
+        clean, media = normalize_messages(messages)
         text = self.render(clean, tools, enable_thinking)
-        pieces = text.split(IMAGE_PLACEHOLDER)
-        if len(pieces) - 1 != len(images):
+        pieces = _PLACEHOLDERS.split(text)  # text, placeholder, text, placeholder, ..., text
+        placed = pieces[1::2]
+        wanted = [IMAGE_PLACEHOLDER if isinstance(m, ImageRef) else VIDEO_PLACEHOLDER for m in media]
+        if placed != wanted:
             raise TemplateError(
-                f"the chat template placed {len(pieces) - 1} image(s) but the messages hold {len(images)}; "
-                "images in this position are not supported by the model's template"
+                f"the chat template placed {placed.count(IMAGE_PLACEHOLDER)} image(s) and "
+                f"{placed.count(VIDEO_PLACEHOLDER)} video(s) but the messages hold {wanted.count(IMAGE_PLACEHOLDER)} "
+                f"and {wanted.count(VIDEO_PLACEHOLDER)}; media in this position are not supported by the model's template"
             )
         segments: list[Segment] = []
-        for i, piece in enumerate(pieces):
+        for i, piece in enumerate(pieces[0::2]):
             if piece:
                 segments.append(Chunk.text(self.tokenize(piece)))
-            if i < len(images):
-                segments.append(images[i])
-        return segments, images, text
+            if i < len(media):
+                segments.append(media[i])
+        return segments, media, text
