@@ -1,5 +1,7 @@
 """`glm-edge` command line: serve, chat, info, doctor, convert, make-reference.
 
+(Over 400 lines because it is mostly argparse declarations, one block per subcommand; the work is elsewhere.)
+
 Each subcommand parses its arguments here and calls one function elsewhere; errors of the glm-edge tree
 are printed as one line (`glm-edge: error: ...`) with exit status 2, never as a traceback.
 """

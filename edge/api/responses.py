@@ -1,5 +1,7 @@
 """The OpenAI Responses API over the chat-completions machinery: requests in, response objects and events out.
 
+(About 400 lines: the request mapping and the event stream of one dialect, kept together.)
+
 `plan_responses(request, default_thinking=...)` maps a validated `ResponsesRequest` onto the one internal
 request model, a `ChatCompletionRequest`, and plans it with `edge.api.openai.plan_request` (so sampling,
 tools, grammars and thinking rules are exactly those of /v1/chat/completions); errors name the Responses
