@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -26,7 +27,7 @@ from tests.conftest import png_bytes
 from tests.server_helpers import EXACT, MODEL, ROOT, ThreadServer, data_url, free_port, sse_events
 from tests.test_mcp_agent import SERVER, children, logged
 
-OPTIONS = dict(**EXACT, ctx_size=2048, batch_size=128, ubatch_size=64, vision_dtype="fp32", parallel=1)
+OPTIONS = {**EXACT, "ctx_size": 2048, "batch_size": 128, "ubatch_size": 64, "vision_dtype": "fp32", "parallel": 1}
 PHOTO = png_bytes(112, 84, seed=11)
 ASK = {"model": MODEL, "temperature": 0, "max_tokens": 96, "repetition_penalty": 1.0,
        "chat_template_kwargs": {"enable_thinking": False}}
@@ -114,6 +115,7 @@ def test_chat_completion_runs_the_tool_and_shows_the_steps(server, files):
     assert usage["prompt_tokens_details"]["image_tokens"] > plain["usage"]["prompt_tokens_details"]["image_tokens"]
     assert out["choices"][0]["finish_reason"] in ("stop", "length") and "tool_calls" not in message
     assert out["object"] == "chat.completion" and "mcp_steps" not in plain["choices"][0]["message"]
+    assert httpx.get(server.base + "/health").json()["mcp_servers"] == {"vision": "running", "cam": "running"}
 
 
 def test_streamed_steps_come_before_the_answer(server, files):
@@ -205,7 +207,7 @@ def test_glm_edge_chat_with_mcp_config(tiny_bundle, config, files, tmp_path):
            "--mcp-config", str(config), "--tool-choice", "vision_crop", "--no-thinking", "--max-tokens", "96",
            "--temperature", "0", "--device", "cpu", "--ctx-size", "4096", "--threads", "1", "--quiet",
            "--no-color", "--stats"]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     call = next(line for line in lines if line.startswith("-> "))
@@ -219,3 +221,34 @@ def test_glm_edge_chat_with_mcp_config(tiny_bundle, config, files, tmp_path):
     leftover = [p for p in psutil.process_iter(["cmdline", "create_time"])
                 if SERVER in (p.info["cmdline"] or []) and p.info["create_time"] >= started - 1]
     assert leftover == [], "the chat's MCP server outlived it"
+
+
+def test_the_cancel_event_ends_the_loop(server, files):
+    """The job's cancel event (a client gone) stops the agent: the next turn is cut off, no further call."""
+    from edge.chat.agent import AgentDone, ToolResultStep, stream_agent
+
+    cancel = threading.Event()
+    messages = [{"role": "user", "content": [{"type": "image", "image": PHOTO}, {"type": "text", "text": "Crop."}]}]
+    events = []
+    for event in stream_agent(server.service.runtime, messages, server.service.mcp_host, servers=["vision"],
+                              allowed_tools={"vision": ["crop"]}, tool_choice=[{"name": "crop"}, {"name": "crop"}],
+                              enable_thinking=False, cancel=cancel, temperature=0.0, max_tokens=96):
+        events.append(event)
+        if isinstance(event, ToolResultStep):
+            cancel.set()
+    done = events[-1]
+    assert isinstance(done, AgentDone) and done.finish_reason == "cancelled"
+    assert len(done.steps) == 2 and len(done.turns) == 2 and done.turns[1].finish_reason == "cancelled"
+    assert len(logged(files)) == 1  # the second forced crop never ran
+
+
+def test_without_mcp_config_mcp_entries_are_refused(tiny_bundle):
+    from tests.server_helpers import ScriptedEngine, scripted_app
+
+    with ThreadServer(scripted_app(tiny_bundle, ScriptedEngine(["never used"]))) as srv:
+        assert "mcp_servers" not in httpx.get(srv.base + "/health").json()
+        r = post(srv, {**ASK, "messages": photo_message(), "tools": [CROP]})
+        error = r.json()["error"]
+        assert r.status_code == 400 and (error["code"], error["param"]) == ("mcp_not_configured", "tools[0]")
+        r = post(srv, {**ASK, "messages": photo_message(), "tool_choice": {"type": "mcp", "server_label": "vision"}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"

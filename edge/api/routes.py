@@ -111,6 +111,8 @@ async def health(svc: Service = Depends(get_service)):
                          "max_queue": svc.settings.max_queue}
     if svc.load_error:
         body["error"] = svc.load_error
+    if svc.mcp_host is not None:
+        body["mcp_servers"] = svc.mcp_host.status()  # extension: the servers tools entries may name
     return JSONResponse(body, status_code=200 if svc.status == "ready" else 503)
 
 
