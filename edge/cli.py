@@ -55,6 +55,10 @@ def _cmd_serve(args) -> None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model", args.host)
     if args.media_dir is not None and not Path(args.media_dir).is_dir():
         raise InputError(f"--media-dir {args.media_dir}: no such folder")
+    if args.mcp_config is not None:
+        from edge.chat.mcp_config import load_mcp_config
+
+        load_mcp_config(args.mcp_config)  # a bad file is an error now, before the model loads
     settings = ServerSettings(
         bundle=bundle, runtime=_runtime_options(args, threads_default=default_threads()), model_name=args.model_name,
         api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
@@ -63,6 +67,7 @@ def _cmd_serve(args) -> None:
         max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
         max_document_bytes=int(args.max_document_mb * (1 << 20)), max_video_bytes=int(args.max_video_mb * (1 << 20)),
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, serve_page=not args.no_page,
+        mcp_config=Path(args.mcp_config) if args.mcp_config else None,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -105,13 +110,30 @@ def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
     return None, " ".join(words) or None
 
 
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read image {path!r}: {e.strerror or e}") from e
+
+
 def _cmd_chat(args) -> None:
     from edge.chat.results import ChatDelta, ChatDone
 
     args.bundle, prompt = _split_chat_args(args.words)
     if args.model:
         args.bundle = args.model
-    rt = _load_runtime(args)
+    host = None
+    if args.mcp_config:
+        from edge.mcp_setup import start_mcp_host
+
+        host = start_mcp_host(args.mcp_config)
+    try:
+        rt = _load_runtime(args)
+    except BaseException:
+        if host is not None:
+            host.close()
+        raise
     color = sys.stdout.isatty() and not args.no_color
     dim, reset = ("\033[2m", "\033[0m") if color else ("", "")
     history: list[dict] = []
@@ -125,15 +147,43 @@ def _cmd_chat(args) -> None:
     video_options = {k: v for k, v in (("fps", args.video_fps), ("max_frames", args.max_frames),
                                         ("max_video_tokens", args.max_video_tokens)) if v is not None}
 
+    def events():
+        if host is None:
+            yield from rt.stream_chat(history, enable_thinking=args.thinking, **sampling)
+            return
+        from edge.chat.agent import AgentDone, ToolCallStep, ToolResultStep, describe_step, stream_agent
+        from edge.mcp_setup import media_resolver
+        from edge.media import MediaPolicy
+
+        resolve = media_resolver(MediaPolicy(media_dir=Path(args.media_dir).resolve() if args.media_dir else None))
+        for event in stream_agent(rt, history, host, enable_thinking=args.thinking, resolve=resolve,
+                                  tool_choice=args.tool_choice, **sampling):
+            if isinstance(event, (ToolCallStep, ToolResultStep)):
+                yield describe_step(event)  # one line, printed as it happens
+            elif isinstance(event, AgentDone):
+                history[:] = event.history[:-1]  # the tool turns; the answer is appended below as usual
+                yield ChatDone(event.finish_reason, event.done.output, event.usage, event.done.timings,
+                               event.done.text, event.done.token_ids)
+            elif isinstance(event, ChatDelta):
+                yield event
+
     def turn(text: str, images: list[str], files: list[str] = (), videos: list[str] = ()) -> None:
         parts = [{"type": "file", "file": str(Path(f).expanduser()), **doc_options} for f in files]
         parts += [{"type": "video", "video": str(Path(v).expanduser()), **video_options} for v in videos]
-        parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
+        if host is not None:  # the agent names images by their bytes (handles), not by path
+            parts += [{"type": "image", "image": _read_image(i)} for i in images]
+        else:
+            parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images]
+        parts.append({"type": "text", "text": text})
         history.append({"role": "user", "content": parts if images or files or videos else text})
         in_reasoning = False
         done = None
-        for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
-            if isinstance(event, ChatDelta):
+        for event in events():
+            if isinstance(event, str):
+                sys.stdout.write(("\n" if in_reasoning else "") + f"{dim}{event}{reset}\n")
+                in_reasoning = False
+                sys.stdout.flush()
+            elif isinstance(event, ChatDelta):
                 if event.reasoning and not args.hide_reasoning:
                     if not in_reasoning:
                         sys.stdout.write(dim + ("" if color else "[reasoning] "))
@@ -196,6 +246,8 @@ def _cmd_chat(args) -> None:
             pending, pending_files = [], []
     finally:
         rt.close()
+        if host is not None:
+            host.close()
 
 
 def _human(n: float) -> str:
@@ -350,6 +402,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
     p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
     p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    p.add_argument("--mcp-config", default=None, metavar="FILE",
+                   help='MCP servers whose tools requests may use ({"mcpServers": {...}}; started at launch)')
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_runtime_args(p)
     p.set_defaults(func=_cmd_serve)
@@ -376,6 +430,13 @@ def _add_chat(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
+    p.add_argument("--mcp-config", default=None, metavar="FILE",
+                   help="MCP servers the model may call tools of (each call and result is shown)")
+    p.add_argument("--media-dir", default=None,
+                   help="with --mcp-config: folder whose files tool results may link to (default: none)")
+    p.add_argument("--tool-choice", default="auto", metavar="CHOICE",
+                   help="with --mcp-config, for the first model turn of each message: auto, required, none or a "
+                        "tool's name (that call is forced)")
     p.add_argument("--no-color", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=_cmd_chat)

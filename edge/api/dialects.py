@@ -28,6 +28,7 @@ from edge.api.anthropic_schemas import AnthropicError, MessagesRequest
 from edge.api.fields import validation_error
 from edge.api.gate import anthropic_error_body, error_body, error_from_exception
 from edge.api.generation import Cancelled, Generation, plan_body
+from edge.api.mcp import check_mcp
 from edge.api.openai import Plan
 from edge.api.responses_schemas import ResponsesRequest
 from edge.api.routes import ERRORS, SSE_HEADERS, check_model
@@ -130,10 +131,11 @@ responses_router = APIRouter(route_class=route_class(_openai_validation))
 async def create_response(body: ResponsesRequest, request: Request, svc: Service = Depends(ready_service)):
     check_model(svc, body.model)
     plan = responses.plan_responses(body, default_thinking=svc.settings.runtime.thinking)
+    check_mcp(svc, plan)
     base = responses.shell(body, response_id=responses.new_id("resp"), model=body.model)
     summary = bool(body.reasoning and body.reasoning.summary)
     detok = detokenizer(svc.runtime)
-    mapper = responses.ResponsesStream(base, detok, summary)
+    mapper = responses.ResponsesStream(base, detok, summary, plan.mcp.tools if plan.mcp else None)
     try:
         return await _run(svc, request, plan, "responses", mapper,
                           lambda done: responses.response_json(done, base, detok, summary),

@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import Request
 
+from edge.api.mcp import agent_body
 from edge.api.openai import Plan
 from edge.api.scheduler import END, ERROR, Job, Scheduler
 from edge.api.service import Service
@@ -30,7 +31,10 @@ Prepare = Callable[[], Awaitable[Callable[[threading.Event], Iterator[Any]]]]
 
 def plan_body(svc: Service, plan: Plan) -> Prepare:
     """The Generation body of a planned request (any dialect): media resolved under the server's policy, then
-    the runtime's stream, stopped by the job's cancel event."""
+    the runtime's stream, stopped by the job's cancel event; with MCP tools, the agent loop (edge/api/mcp.py),
+    which ends on its AgentChatDone (a ChatDone) like any generation."""
+    if plan.mcp is not None:
+        return agent_body(svc, plan)
 
     async def prepare():
         messages = await svc.media.resolve(plan.messages, svc.http_client)

@@ -16,9 +16,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from edge import __version__
 from edge.api.gate import error_from_exception
 from edge.api.generation import Cancelled, Generation, plan_body
+from edge.api.mcp import check_mcp, is_step, steps_json
 from edge.api.openai import StreamMapper, completion_json, new_completion_id, plan_request, sse
 from edge.api.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from edge.api.service import Service, get_service, ready_service
+from edge.chat.agent import step_json
 from edge.chat.results import ChatDelta, ChatDone
 from edge.errors import ModelNotFoundError
 
@@ -39,6 +41,7 @@ def check_model(svc: Service, model: str) -> None:
 async def chat_completions(body: ChatCompletionRequest, request: Request, svc: Service = Depends(ready_service)):
     check_model(svc, body.model)
     plan = plan_request(body, default_thinking=svc.settings.runtime.thinking)
+    check_mcp(svc, plan)
 
     gen = Generation(svc, request, plan_body(svc, plan), route="chat_completions", mode="stream" if plan.stream else "json")
     completion_id = new_completion_id()
@@ -54,8 +57,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
     finally:
         if not plan.stream:
             await gen.aclose()
-    return JSONResponse(completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
-                                        fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds))
+    out = completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
+                          fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds)
+    steps = steps_json(done)
+    if steps is not None:
+        out["choices"][0]["message"]["mcp_steps"] = steps
+    return JSONResponse(out)
 
 
 async def _sse(gen: Generation, mapper: StreamMapper, first):
@@ -69,6 +76,9 @@ async def _sse(gen: Generation, mapper: StreamMapper, first):
                     yield sse(chunk)
             elif isinstance(event, ChatDone):
                 for chunk in mapper.finish(event, gen.queue_seconds):
+                    yield sse(chunk)
+            elif is_step(event):
+                for chunk in mapper.step(step_json(event, image_data=True)):
                     yield sse(chunk)
             try:
                 event = await gen.events.__anext__()
@@ -101,6 +111,8 @@ async def health(svc: Service = Depends(get_service)):
                          "max_queue": svc.settings.max_queue}
     if svc.load_error:
         body["error"] = svc.load_error
+    if svc.mcp_host is not None:
+        body["mcp_servers"] = svc.mcp_host.status()  # extension: the servers tools entries may name
     return JSONResponse(body, status_code=200 if svc.status == "ready" else 503)
 
 
