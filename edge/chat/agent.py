@@ -99,7 +99,7 @@ class AgentDone:
 
     @property
     def usage(self) -> Usage:
-        """Token counts summed over the turns; images as in the last turn's prompt."""
+        """Token counts summed over the turns; images and videos as in the last turn's prompt."""
         total = Usage()
         for d in self.turns:
             u = d.usage
@@ -107,7 +107,9 @@ class AgentDone:
             total.cached_tokens += u.cached_tokens
             total.completion_tokens += u.completion_tokens
             total.images_cached += u.images_cached
-        total.image_tokens, total.images = self.done.usage.image_tokens, self.done.usage.images
+        last = self.done.usage  # media as in the last turn's prompt
+        total.image_tokens, total.images = last.image_tokens, last.images
+        total.video_tokens, total.videos, total.video_frames = last.video_tokens, last.videos, last.video_frames
         return total
 
 
