@@ -120,3 +120,27 @@ class VisionError(GlmEdgeError):
 def http_status(error: BaseException) -> int:
     """HTTP status for an error; unknown exceptions are server faults."""
     return error.http_status if isinstance(error, GlmEdgeError) else 500
+
+
+# --- Hub model ids, memory plan (issue 15) --------------------------------------------------------
+
+
+class HubModelNotFoundError(InputError):
+    """A Hub model id or revision that does not exist (or is private/gated without a token)."""
+
+    http_status = 404
+    code = "model_not_found"
+
+
+class HubDownloadError(BundleError):
+    """A Hub checkpoint could not be downloaded: offline and not cached, no connection, or a corrupted file."""
+
+    http_status = 502
+    code = "download_failed"
+
+
+class MemoryPlanError(InputError):
+    """An explicit context size / KV type whose memory plan does not fit the memory available."""
+
+    http_status = 400
+    code = "insufficient_memory"
