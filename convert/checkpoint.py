@@ -298,15 +298,15 @@ class Checkpoint:
         return self._float32(info, self._raw(info)).reshape(info.shape)
 
     def iter_rows(self, name: str, shape: tuple[int, ...] | None = None, bf16_bits: bool = False,
-                  max_bytes: int = ROW_BLOCK_BYTES) -> Iterator[np.ndarray]:
-        """Tensor `name` as consecutive blocks of rows (float32, or bf16 bit patterns with `bf16_bits`), each
-        at most about `max_bytes` as float32. Read with plain file reads, not a mapping: a 151552 x 4096
-        table then never sits in memory whole, neither as float32 nor as mapped file pages."""
+                  max_bytes: int | None = None) -> Iterator[np.ndarray]:
+        """Tensor `name` as consecutive blocks of rows (float32, or bf16 bit patterns with `bf16_bits`), each at
+        most about `max_bytes` (default ROW_BLOCK_BYTES) as float32. Read with plain file reads, not a mapping:
+        a 151552 x 4096 table then never sits in memory whole, neither as float32 nor as mapped file pages."""
         info = self._checked(name, shape)
         row_shape = info.shape[1:] if len(info.shape) > 1 else info.shape
         n_rows = info.shape[0] if len(info.shape) > 1 else 1
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * _ITEMSIZE[info.dtype]
-        step = max(1, max_bytes // (int(np.prod(row_shape, dtype=np.int64)) * 4))
+        step = max(1, (max_bytes or ROW_BLOCK_BYTES) // (int(np.prod(row_shape, dtype=np.int64)) * 4))
         with open(info.file, "rb") as f:
             f.seek(info.start)
             for start in range(0, n_rows, step):
