@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert.checkpoint import Checkpoint, VisionSpec
 from edge.errors import ConversionError
-from edge.vision.encoder import INPUT_NAMES, META_PREFIX, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
+from edge.vision.encoder import INPUT_NAMES, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
 
 DTYPES = ("fp32", "fp16", "int8")
 OPSET = 17

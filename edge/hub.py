@@ -47,14 +47,11 @@ def is_hub_id(text: str | os.PathLike | None) -> bool:
     return not Path(text).expanduser().exists()
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "glm-edge"
-
-
 def bundle_dir(repo_id: str, commit: str, quant: str, root: Path | None = None) -> Path:
     """Where the bundle of (repo, commit, quant) for this converter version lives."""
-    base = (root or _cache_root()) / "hub" / repo_id.replace("/", "--") / commit
+    from edge.demo import cache_root
+
+    base = (root or cache_root()) / "hub" / repo_id.replace("/", "--") / commit
     return base / f"{quant.upper()}-c{__version__}-v{FORMAT_VERSION}"
 
 

@@ -229,8 +229,8 @@ def _fits(plan: MemoryPlan, ram: int, vram: int | None) -> bool:
 
 def largest_context(bundle, kv_type: str, ram: int, vram: int | None = None, **kwargs) -> int:
     """The largest context (a multiple of CONTEXT_STEP, at most the model's) whose plan fits; 0 if none does."""
-    _, manifest = _manifest(bundle)
-    dims = kwargs.pop("dims", None) or decoder_dims(_manifest(bundle)[0] / manifest["decoder"]["path"])
+    path, manifest = _manifest(bundle)
+    dims = kwargs.pop("dims", None) or decoder_dims(path / manifest["decoder"]["path"])
     lo, hi = 0, dims.n_ctx_train // CONTEXT_STEP
     while lo < hi:  # every part grows with the context: bisect
         mid = (lo + hi + 1) // 2
@@ -252,6 +252,8 @@ def choose_context(bundle, ctx_size: int | str = "auto", kv_type: str = "auto", 
     ram = available_memory() if ram is None else ram
     path, manifest = _manifest(bundle)
     dims = decoder_dims(path / manifest["decoder"]["path"])
+    if kv_type not in ("auto", "f16", "f32") and not flash_attn:
+        raise MemoryPlanError(f"a {kv_type} KV cache needs flash attention (llama.cpp quantizes V only with it)")
     kinds = [kv_type] if kv_type != "auto" else [k for k in KV_PREFERENCE if flash_attn or k == "f16"]
     kw = dict(kwargs, flash_attn=flash_attn, dims=dims)
     if ctx_size == "auto":
@@ -286,8 +288,9 @@ def _refusal(bundle, ctx: int, kind: str, ram: int, vram: int | None, kw: dict, 
     return f"{what} with a {kind} KV cache: the plan needs {plan.describe()}; {room}; {hint}"
 
 
-def plan_table(bundle, contexts=TABLE_CONTEXTS, ram: int | None = None, **kwargs) -> list[dict]:
-    """Rows (context, KV type, each part, total, fits) for `glm-edge doctor`."""
+def plan_table(bundle, contexts=TABLE_CONTEXTS, ram: int | None = None, vram: int | None = None,
+               **kwargs) -> list[dict]:
+    """Rows (context, KV type, each part, total, fits) for `glm-edge doctor`; kwargs as plan_memory's."""
     ram = available_memory() if ram is None else ram
     path, manifest = _manifest(bundle)
     dims = decoder_dims(path / manifest["decoder"]["path"])
@@ -295,7 +298,7 @@ def plan_table(bundle, contexts=TABLE_CONTEXTS, ram: int | None = None, **kwargs
     for ctx in contexts:
         for kind in KV_PREFERENCE:
             plan = plan_memory(bundle, min(ctx, dims.n_ctx_train), kind, dims=dims, **kwargs)
-            rows.append({**plan.to_dict(), "fits": _fits(plan, ram, kwargs.get("vram"))})
+            rows.append({**plan.to_dict(), "fits": _fits(plan, ram, vram)})
     return rows
 
 

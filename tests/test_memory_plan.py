@@ -79,6 +79,21 @@ def test_a_context_that_cannot_fit_is_refused_with_what_would(tiny):
         choose_context(bundle, 10**7, "f16", ram=64 * GIB)
 
 
+def test_gpu_offload_and_flash_attention(tiny):
+    bundle, _ = tiny
+    gpu = plan_memory(bundle, 8192, "f16", offload=True)
+    assert gpu.vram == sum(gpu.parts[k] for k in ("decoder_weights", "kv_cache", "decoder_compute"))
+    assert gpu.ram + gpu.vram == gpu.total
+    vram = gpu.vram + (512 << 20)  # usable GPU memory: exactly the 8K plan's GPU parts
+    ctx, kv, plan = choose_context(bundle, "auto", "f16", ram=64 * GIB, vram=vram, offload=True)
+    assert ctx == 8192 and plan.vram <= usable(vram)  # the GPU, not the 64 GiB of RAM, limits the context
+    with pytest.raises(MemoryPlanError, match="needs flash attention"):
+        choose_context(bundle, 8192, "q8_0", ram=64 * GIB, flash_attn=False)
+    assert choose_context(bundle, 8192, "auto", ram=64 * GIB, flash_attn=False)[1] == "f16"
+    no_fa = plan_memory(bundle, 131072, "f16", flash_attn=False).parts["decoder_compute"]
+    assert no_fa > 8 * plan_memory(bundle, 131072, "f16").parts["decoder_compute"]  # the score matrices
+
+
 def test_plan_table_for_doctor(tiny):
     bundle, _ = tiny
     text = format_plan_table(bundle, ram=64 * GIB)
