@@ -40,6 +40,12 @@ except GlmEdgeError as e:
     sys.exit(2)
 """
 
+RESOLVE = """
+import sys
+from edge.demo import resolve_model
+print(resolve_model(sys.argv[1], quant=sys.argv[3], progress=False, revision=sys.argv[2] or None))
+"""
+
 
 @pytest.fixture(scope="module")
 def source(tiny_checkpoint, tmp_path_factory):
@@ -60,12 +66,12 @@ def env(tmp_path):
     return {"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
 
 
-def run(hub, env, repo=REPO, revision="", quant="F32", offline=False, endpoint=None):
+def run(hub, env, repo=REPO, revision="", quant="F32", offline=False, endpoint=None, child=CHILD):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     full.update(env, PYTHONPATH=str(ROOT), HF_ENDPOINT=endpoint or hub.url, HF_HUB_DISABLE_TELEMETRY="1")
     if offline:
         full["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([sys.executable, "-c", CHILD, repo, revision, quant], env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-c", child, repo, revision, quant], env=full, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -101,6 +107,7 @@ def test_fresh_download_converts_once_then_runs_without_network(hub, env, source
 
     hub.requests.clear()
     assert ok(run(hub, env, offline=True)) == bundle  # HF_HUB_OFFLINE: the cached ref and bundle, no request
+    assert ok(run(hub, env, offline=True, child=RESOLVE)) == bundle  # what `serve` / `chat` call with a Hub id
     assert hub.requests == []
     shutil.rmtree(snap)  # the bundle alone is enough; the Hub unreachable falls back to the cached ref
     assert ok(run(hub, env, endpoint="http://127.0.0.1:9")) == bundle
