@@ -9,7 +9,8 @@
   `<cache_root>/hub/<owner>--<name>/<commit>/<QUANT>-c<converter version>-v<bundle format>`. A current bundle
   is used without any download; nothing else of the snapshot is needed then.
 - Otherwise huggingface_hub's `snapshot_download` fetches the checkpoint files into the standard Hub cache
-  (`HF_HOME` / `HF_HUB_CACHE`; progress bars, resumable `.incomplete` blobs, `HF_TOKEN`, `HF_ENDPOINT`), every
+  (`HF_HOME` / `HF_HUB_CACHE`; progress bars, `HF_TOKEN`, `HF_ENDPOINT`; a dropped connection resumes with an
+  HTTP Range request, and files finished before a failed run are kept for the next one), every
   file is checked against its content hash (the cache names each blob by its ETag: the sha256 of an LFS file,
   the git blob sha1 of a small one), a corrupted blob is deleted and downloaded once more, and the snapshot
   is converted once. Bundles of the same commit at other quants lend their vision encoder and projector.
@@ -20,6 +21,7 @@ HubDownloadError (offline and not cached, connection failure, a file that stays 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -56,8 +58,6 @@ def bundle_dir(repo_id: str, commit: str, quant: str, root: Path | None = None) 
 
 
 def _is_current(bundle: Path) -> bool:
-    import json
-
     try:
         manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
