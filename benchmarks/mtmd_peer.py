@@ -24,7 +24,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import mtmd_cpp as M
 
-from edge.engine.llama import FLASH_ATTN, KV_TYPES, cpu_has_amx
+from edge.engine.llama import FLASH_ATTN, KV_TYPES, cpu_has_amx, quiet_llama_log
+from edge.options import FlashAttn, KvType
 
 _LOG_CB = None
 
@@ -33,8 +34,7 @@ def quiet_llama() -> None:
     """Silence llama.cpp's and mtmd's logging (kept alive for the process)."""
     global _LOG_CB
     if _LOG_CB is None:
-        _LOG_CB = llama_cpp.llama_log_callback(lambda level, text, data: None)
-        llama_cpp.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+        _LOG_CB = quiet_llama_log(keep_levels=())
         for name in ("mtmd_log_set", "mtmd_helper_log_set"):
             fn = getattr(M, name, None)
             if fn is not None:
@@ -86,8 +86,8 @@ class MtmdPeer:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = FLASH_ATTN[flash_attn]
-        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]
+        cparams.flash_attn_type = FLASH_ATTN[FlashAttn(flash_attn)]
+        cparams.type_k = cparams.type_v = KV_TYPES[KvType(kv_type)]
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -102,7 +102,7 @@ class MtmdPeer:
         mp.n_threads = threads
         mp.print_timings = False
         mp.warmup = warmup
-        mp.flash_attn_type = FLASH_ATTN[flash_attn]
+        mp.flash_attn_type = FLASH_ATTN[FlashAttn(flash_attn)]
         self._mctx = M.mtmd_init_from_file(os.fsencode(str(mmproj)), self._model, mp)
         if not self._mctx:
             self.close()

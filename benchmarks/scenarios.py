@@ -99,14 +99,14 @@ def _load_runtime(cfg: dict, quant: str, vision_dtype: str):
     from edge.runtime import Runtime
 
     s = cfg["settings"]
-    return Runtime.load(cfg["bundles"][quant], device="cpu", vision_dtype=vision_dtype, n_ctx=s["n_ctx"],
-                        n_batch=s["n_batch"], n_ubatch=s["n_ubatch"], threads=cfg["threads"], kv_type=s["kv_type"],
+    return Runtime.load(cfg["bundles"][quant], device="cpu", vision_dtype=vision_dtype, ctx_size=s["n_ctx"],
+                        batch_size=s["n_batch"], ubatch_size=s["n_ubatch"], threads=cfg["threads"], kv_type=s["kv_type"],
                         flash_attn=s["flash_attn"])
 
 
 def _reset(rt) -> None:
     """Forget the KV prefix and the image cache: the next request starts cold (what a new chat sees)."""
-    rt.engine.kv.reset()
+    rt.forget_prefix()
     rt.decoder.truncate(0)
     rt.image_cache = type(rt.image_cache)(rt.image_cache.max_bytes)
 

@@ -37,7 +37,7 @@ def run_engine(engine: str, checkpoint: Path, export_dir: Path, reps: int, threa
     config = ImageConfig.from_preprocessor_config(json.loads((checkpoint / "preprocessor_config.json").read_text()))
     prepared = {name: prepare_image(_image(*size), config) for name, size in IMAGES.items()}
     if engine.startswith("onnx"):
-        from edge.vision.select import load_projector
+        from edge.vision.projector import load_projector
         from edge.vision.encoder import VisionEncoder, image_embeddings
 
         base_rss = _rss_mb()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from convert.checkpoint import Checkpoint, read_json
 from convert.decoder_gguf import config_sha256, describe_vocab
-from convert.mmproj_gguf import QUANTS as MMPROJ_QUANTS
+from convert.projector_gguf import QUANTS as PROJECTOR_QUANTS  # also the mmproj types
 from convert.mmproj_gguf import export_mmproj
 from convert.atomic import atomic_output
 from convert.pipeline import check_free_space, conversion_disk_need, convert_decoder
@@ -35,7 +35,6 @@ from edge.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_record
 from edge.errors import CheckpointError, ConversionError
 
 VISION_DTYPES = ("fp32", "fp16", "int8")
-PROJECTOR_QUANTS = ("F32", "F16", "Q8_0")
 EOG_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 
 log = logging.getLogger(__name__)
@@ -149,12 +148,14 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
         raise ConversionError(f"unknown projector type {projector_quant!r}; allowed: {', '.join(PROJECTOR_QUANTS)}")
     mmproj_quants = list(dict.fromkeys(mmproj_quants))
     for q in mmproj_quants:
-        if q not in MMPROJ_QUANTS:
-            raise ConversionError(f"unknown mmproj type {q!r}; allowed: {', '.join(MMPROJ_QUANTS)}")
+        if q not in PROJECTOR_QUANTS:
+            raise ConversionError(f"unknown mmproj type {q!r}; allowed: {', '.join(PROJECTOR_QUANTS)}")
     ckpt = Checkpoint(hf_dir)
     preprocessor = read_json(ckpt.path / "preprocessor_config.json")
     generation_file = ckpt.path / "generation_config.json"
     generation = read_json(generation_file) if generation_file.is_file() else {}
+    video_file = ckpt.path / "video_preprocessor_config.json"  # absent: the runtime uses transformers' defaults
+    video_preprocessor = read_json(video_file) if video_file.is_file() else None
     tokens = token_ids(ckpt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,7 @@ def convert_checkpoint(hf_dir: Path, out_dir: Path, quant: str = "Q4_K_M", visio
         "tokens": tokens,
         "preprocessor": preprocessor,
         "generation": generation,
+        "video_preprocessor": video_preprocessor,
     }
     with atomic_output(out_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import (
-    GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFType, GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_ARCH_NAMES,
+    GGML_QUANT_SIZES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFType, GGUFWriter, MODEL_ARCH, MODEL_ARCH_NAMES,
     MODEL_TENSOR, TENSOR_NAMES, VisionProjectorType, get_tensor_name_map,
 )
 from gguf.quants import quantize
@@ -43,14 +43,10 @@ from gguf.quants import quantize
 from convert.atomic import atomic_output
 from convert.checkpoint import Checkpoint, read_json
 from convert.gguf_stream import write_streamed
+from convert.projector_gguf import QUANTS  # the same three weight types as the projector
 from convert.vision_onnx import visual_prefix
 from edge.errors import ConversionError
 
-QUANTS = {
-    "F32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
-    "F16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
-    "Q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-}
 ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.MMPROJ]  # "clip"
 PATCH = TENSOR_NAMES[MODEL_TENSOR.V_ENC_EMBD_PATCH]  # "v.patch_embd"
 POSITION = TENSOR_NAMES[MODEL_TENSOR.V_ENC_EMBD_POS] + ".weight"  # "v.position_embd.weight"

@@ -1,6 +1,6 @@
 """Write the GLM-4.6V projector (downsample + merger) as `projector-<QUANT>.gguf` with the `gguf` package.
 
-The projector turns the ViT output [N, hidden] into decoder embeddings [N/4, out_hidden]; `edge/vision/projector.py`
+The projector turns the ViT output [N, hidden] into decoder embeddings [N/4, out_hidden]; `edge/vision/numpy_projector.py`
 runs it in numpy. File layout (arch `glm-edge-projector`, format version `FORMAT_VERSION`):
 
   tensors  downsample.weight                  [out_hidden, m*m*hidden]  Conv2d(k=m) as a matrix whose

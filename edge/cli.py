@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import BundleError, GlmEdgeError, InputError
+from edge.options import Device, FlashAttn, KvType, ProjectorEngine, RuntimeOptions, Verify
 
 log = logging.getLogger("glm-edge")
 
@@ -43,7 +44,8 @@ def _cmd_serve(args) -> None:
     import uvicorn
 
     from edge.demo import resolve_model
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings, default_threads
 
     bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet)
     api_key = args.api_key or os.environ.get("GLM_EDGE_API_KEY") or None
@@ -52,14 +54,13 @@ def _cmd_serve(args) -> None:
     if args.media_dir is not None and not Path(args.media_dir).is_dir():
         raise InputError(f"--media-dir {args.media_dir}: no such folder")
     settings = ServerSettings(
-        bundle=bundle, model_name=args.model_name, api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
+        bundle=bundle, runtime=_runtime_options(args, threads_default=default_threads()), model_name=args.model_name,
+        api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
         media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
         allow_remote_media=args.allow_remote_media, remote_timeout=args.remote_timeout,
         max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
-        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, enable_thinking=args.thinking,
-        serve_page=not args.no_page, device=args.device, ctx_size=args.ctx_size, threads=args.threads,
-        n_batch=args.batch_size, n_ubatch=min(args.ubatch_size, args.batch_size), kv_type=args.kv_type,
-        flash_attn=args.flash_attn, vision_dtype=args.vision_dtype, projector=args.projector, verify=args.verify,
+        max_document_bytes=int(args.max_document_mb * (1 << 20)), max_video_bytes=int(args.max_video_mb * (1 << 20)),
+        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, serve_page=not args.no_page,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -80,13 +81,19 @@ def _cmd_serve(args) -> None:
         raise BundleError(f"the model failed to load: {service.load_error}")
 
 
+def _runtime_options(args, threads_default: int | None = None) -> RuntimeOptions:
+    """RuntimeOptions from the runtime flags: each flag `--x-y` is the field `x_y`."""
+    names = [n for n in RuntimeOptions.field_names() if hasattr(args, n)]
+    options = RuntimeOptions().with_(**{n: getattr(args, n) for n in names})
+    return options if args.threads else options.with_(threads=threads_default)
+
+
 def _load_runtime(args):
     from edge.demo import resolve_model
     from edge.runtime import Runtime
 
     bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet)
-    return Runtime.load(bundle, device=args.device, n_ctx=args.ctx_size, threads=args.threads,
-                        enable_thinking=args.thinking)
+    return Runtime.load(bundle, _runtime_options(args))
 
 
 def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
@@ -111,9 +118,16 @@ def _cmd_chat(args) -> None:
     sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
                                    ("seed", args.seed)) if v is not None}
 
-    def turn(text: str, images: list[str]) -> None:
-        parts = [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
-        history.append({"role": "user", "content": parts if images else text})
+    doc_options = {k: v for k, v in (("pages", args.pages), ("page_tokens", args.page_tokens)) if v is not None}
+
+    video_options = {k: v for k, v in (("fps", args.video_fps), ("max_frames", args.max_frames),
+                                        ("max_video_tokens", args.max_video_tokens)) if v is not None}
+
+    def turn(text: str, images: list[str], files: list[str] = (), videos: list[str] = ()) -> None:
+        parts = [{"type": "file", "file": str(Path(f).expanduser()), **doc_options} for f in files]
+        parts += [{"type": "video", "video": str(Path(v).expanduser()), **video_options} for v in videos]
+        parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
+        history.append({"role": "user", "content": parts if images or files or videos else text})
         in_reasoning = False
         done = None
         for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
@@ -150,11 +164,12 @@ def _cmd_chat(args) -> None:
 
     try:
         if prompt is not None:
-            turn(prompt, args.image or [])
+            turn(prompt, args.image or [], args.file or [], args.video or [])
             return
         print("glm-edge chat: type a message; /image PATH attaches an image to the next message, /reset clears the "
               "conversation, /quit (or Ctrl-D) leaves.", file=sys.stderr)
         pending = list(args.image or [])
+        pending_files = list(args.file or [])
         while True:
             try:
                 line = input("> ").strip()
@@ -172,11 +187,11 @@ def _cmd_chat(args) -> None:
                 pending.append(line[7:].strip())
                 continue
             try:
-                turn(line, pending)
+                turn(line, pending, pending_files)
             except GlmEdgeError as e:
                 history.pop()
                 print(f"glm-edge: error: {e}", file=sys.stderr)
-            pending = []
+            pending, pending_files = [], []
     finally:
         rt.close()
 
@@ -193,16 +208,14 @@ def _cmd_info(args) -> None:
     import json
 
     from edge.bundle import load_bundle
+    from edge.engine.sampling import sampling_defaults
 
     bundle = load_bundle(args.bundle, verify="size")
     m = bundle.manifest
     backends = {}
-    try:
-        import llama_cpp
+    from edge.engine.llama import supports_gpu_offload
 
-        backends["llama.cpp GPU offload"] = bool(llama_cpp.llama_supports_gpu_offload())
-    except ImportError as e:  # pragma: no cover - llama-cpp-python is a dependency
-        backends["llama.cpp"] = f"unavailable ({e})"
+    backends["llama.cpp GPU offload"] = supports_gpu_offload()
     try:
         import onnxruntime
 
@@ -211,7 +224,10 @@ def _cmd_info(args) -> None:
         backends["onnxruntime"] = f"unavailable ({e})"
     files = [m["decoder"], m["projector"]] + [f for v in m["vision"].values() for f in v["files"]]
     if args.json:
-        print(json.dumps({"path": str(bundle.path), "manifest": m, "backends": backends}, indent=2))
+        params, sources = sampling_defaults(m.get("generation") or {})
+        defaults = {k: {"value": getattr(params, k), "source": s} for k, s in sources.items()}
+        print(json.dumps({"path": str(bundle.path), "manifest": m, "backends": backends,
+                          "sampling_defaults": defaults}, indent=2))
         return
     model = m.get("model", {})
     print(f"bundle        {bundle.path}")
@@ -228,10 +244,9 @@ def _cmd_info(args) -> None:
         size = sum(f["bytes"] for f in variant["files"])
         print(f"vision        {dtype}: {', '.join(f['path'] for f in variant['files'])}  {_human(size)}")
     print(f"total         {_human(sum(f['bytes'] for f in files))}")
-    gen = m.get("generation") or {}
-    if gen:
-        keys = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
-        print("sampling      " + ", ".join(f"{k}={gen[k]}" for k in keys if k in gen))
+    params, sources = sampling_defaults(m.get("generation") or {})
+    for key, source in sources.items():
+        print(f"sampling      {key}={getattr(params, key)}  ({source})")
     for name, value in backends.items():
         print(f"backend       {name}: {value}")
 
@@ -288,12 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_args(p) -> None:
-    p.add_argument("--device", choices=["auto", "cpu", "metal", "cuda"], default="auto",
+    """Flags of RuntimeOptions; choices come from its enums."""
+    d = RuntimeOptions()
+    p.add_argument("--device", choices=Device.values(), default=d.device.value,
                    help="where the decoder runs (auto: GPU offload when this llama.cpp build has it)")
-    p.add_argument("--ctx-size", type=int, default=8192, help="context window in tokens (text + image tokens)")
+    p.add_argument("--ctx-size", type=int, default=d.ctx_size, help="context window in tokens (text + image tokens)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: serve: all cores but one; chat: all cores)")
-    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=d.thinking,
                    help="reasoning on by default (a request can still choose)")
+    p.add_argument("--parallel", type=int, default=d.parallel,
+                   help="generations decoded together in one context (continuous batching; the KV cache of "
+                        "--ctx-size is shared by all of them); default: 4 with GPU offload, 2 on a CPU")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="llama.cpp n_batch")
+    p.add_argument("--ubatch-size", type=int, default=d.ubatch_size, help="llama.cpp n_ubatch (at most --batch-size)")
+    p.add_argument("--kv-type", choices=KvType.values(), default=d.kv_type.value, help="KV cache type")
+    p.add_argument("--flash-attn", choices=FlashAttn.values(), default=d.flash_attn.value)
+    p.add_argument("--projector", choices=ProjectorEngine.values(), default=d.projector.value,
+                   help="projector engine: ggml from the quantized GGUF (auto/native: least memory) or numpy "
+                        "float32 (faster on x86 CPUs, 3.5-5.7x more memory)")
+    p.add_argument("--verify", choices=Verify.values(), default=d.verify.value, help="bundle hash check at load")
     p.add_argument("--quant", default="Q4_K_M", type=str.upper,
                    help="decoder type when PATH is an HF checkpoint that must be converted first")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -314,18 +342,11 @@ def _add_serve(sub) -> None:
     p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds allowed for one remote image")
     p.add_argument("--max-images", type=int, default=16, help="images per request")
     p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size of one image")
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size")
+    p.add_argument("--max-document-mb", type=float, default=64.0, help="encoded size of one PDF")
+    p.add_argument("--max-video-mb", type=float, default=256.0, help="encoded size of one video")
+    p.add_argument("--max-body-mb", type=float, default=96.0, help="request body size (a 64 MB PDF is ~86 MB in base64)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
     p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
-    p.add_argument("--batch-size", type=int, default=512, help="llama.cpp n_batch")
-    p.add_argument("--ubatch-size", type=int, default=512, help="llama.cpp n_ubatch")
-    p.add_argument("--kv-type", choices=["f16", "f32", "q8_0"], default="f16", help="KV cache type")
-    p.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--vision-dtype", default=None, help="vision encoder variant (default: the bundle's first)")
-    p.add_argument("--projector", choices=["auto", "native", "numpy"], default="auto",
-                   help="projector engine: ggml from the quantized GGUF (auto/native: least memory) or numpy "
-                        "float32 (faster on x86 CPUs, 3.5-5.7x more memory)")
-    p.add_argument("--verify", choices=["auto", "full", "size"], default="auto", help="bundle hash check at load")
     p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_runtime_args(p)
@@ -339,6 +360,14 @@ def _add_chat(sub) -> None:
     p.add_argument("words", nargs="*", help="[BUNDLE] PROMPT")
     p.add_argument("--model", default=None, help="bundle or HF checkpoint folder (instead of the first word)")
     p.add_argument("--image", action="append", default=None, help="image file to attach (repeatable)")
+    p.add_argument("--video", action="append", default=None, help="video file to attach (repeatable)")
+    p.add_argument("--video-fps", type=float, default=None,
+                   help="sampled frames per second of video (default: as transformers: 6/2/1 by clip length)")
+    p.add_argument("--max-frames", type=int, default=None, help="most sampled frames per video")
+    p.add_argument("--max-video-tokens", type=int, default=None, help="video token budget per video")
+    p.add_argument("--file", action="append", default=None, help="PDF to attach, read as page images (repeatable)")
+    p.add_argument("--pages", default=None, help='pages of each --file to read, e.g. "1-3,5" (default: all)')
+    p.add_argument("--page-tokens", type=int, default=None, help="per-page token budget of each --file (default 1280)")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
     p.add_argument("--max-tokens", type=int, default=None)
@@ -348,21 +377,6 @@ def _add_chat(sub) -> None:
     p.add_argument("--no-color", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=_cmd_chat)
-
-
-def _quiet_llama():
-    """Route llama.cpp's log to stderr for warnings and errors only; returns the callback (keep it alive)."""
-    import ctypes
-
-    import llama_cpp
-
-    def log_cb(level, text, _user):
-        if level in (3, 4) and text:  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
-            sys.stderr.write(text.decode("utf-8", "replace"))
-
-    callback = llama_cpp.llama_log_callback(log_cb)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    return callback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("gguf").setLevel(logging.WARNING)
         if args.command in ("serve", "chat"):
-            keep = _quiet_llama()  # noqa: F841  (the C side holds only a pointer)
+            from edge.engine.llama import quiet_llama_log
+
+            keep = quiet_llama_log()  # noqa: F841  (the C side holds only a pointer)
     try:
         args.func(args)
     except GlmEdgeError as e:

@@ -7,7 +7,7 @@ Components and how a device choice maps to them (the same rules as the runtime):
   decoder    llama.cpp offload: cpu -> 0 layers; auto -> all layers when llama-cpp-python supports GPU
              offload; metal/cuda -> all layers, refused when this build has no GPU offload (edge/engine/llama.py).
   projector  the native ggml library on ggml's device for the choice (auto: GPU, integrated GPU, then CPU;
-             metal/cuda: that backend family), else the numpy projector on the CPU (edge/vision/select.py).
+             metal/cuda: that backend family), else the numpy projector on the CPU (edge/vision/projector.py).
   vision     the onnxruntime execution provider: cuda -> CUDA, metal -> CoreML, cpu -> CPU, auto -> the first
              of CUDA, ROCm, CoreML, DirectML, CPU that this onnxruntime has (edge/vision/encoder.py).
 Nothing here loads a model; it reads llama.cpp's and onnxruntime's capabilities and ggml's device list.
@@ -15,17 +15,17 @@ Nothing here loads a model; it reads llama.cpp's and onnxruntime's capabilities 
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata as md
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-DEVICE_CHOICES = ("auto", "cpu", "metal", "cuda")
+from edge.errors import DecoderError
+from edge.options import Device
+
+DEVICE_CHOICES = tuple(Device.values())
 _FAMILY = {"metal": "MTL", "cuda": "CUDA", "vulkan": "Vulkan"}  # --device -> ggml backend registry name
-_DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
-_VISION_PROVIDER = {"cuda": "cuda", "metal": "coreml", "cpu": "cpu"}  # as Runtime.load
 
 
 def _dist_version(*names: str) -> tuple[str | None, str | None]:
@@ -37,45 +37,8 @@ def _dist_version(*names: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def ggml_devices() -> list[dict[str, Any]]:
-    """ggml's devices in llama-cpp-python's build: name, type (cpu/gpu/igpu/accel), backend, description, memory."""
-    from llama_cpp import _ggml  # the libggml that llama.cpp itself loaded
-
-    lib = _ggml.libggml
-    c = ctypes
-    sigs = {
-        "ggml_backend_dev_count": (c.c_size_t, []),
-        "ggml_backend_dev_get": (c.c_void_p, [c.c_size_t]),
-        "ggml_backend_dev_name": (c.c_char_p, [c.c_void_p]),
-        "ggml_backend_dev_description": (c.c_char_p, [c.c_void_p]),
-        "ggml_backend_dev_type": (c.c_int, [c.c_void_p]),
-        "ggml_backend_dev_backend_reg": (c.c_void_p, [c.c_void_p]),
-        "ggml_backend_reg_name": (c.c_char_p, [c.c_void_p]),
-        "ggml_backend_dev_memory": (None, [c.c_void_p, c.POINTER(c.c_size_t), c.POINTER(c.c_size_t)]),
-    }
-    fns = {}
-    for name, (restype, argtypes) in sigs.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-        fns[name] = fn
-    out = []
-    for i in range(fns["ggml_backend_dev_count"]()):
-        dev = fns["ggml_backend_dev_get"](i)
-        free, total = c.c_size_t(0), c.c_size_t(0)
-        fns["ggml_backend_dev_memory"](dev, c.byref(free), c.byref(total))
-        out.append({
-            "name": fns["ggml_backend_dev_name"](dev).decode(),
-            "type": _DEV_TYPES.get(fns["ggml_backend_dev_type"](dev), "other"),
-            "backend": fns["ggml_backend_reg_name"](fns["ggml_backend_dev_backend_reg"](dev)).decode(),
-            "description": fns["ggml_backend_dev_description"](dev).decode(),
-            "memory_total_mib": total.value // 2**20,
-            "memory_free_mib": free.value // 2**20,
-        })
-    return out
-
-
 def _llama_cpp_section() -> dict[str, Any]:
-    import llama_cpp
+    from edge.engine.llama import ggml_devices, system_info
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "native"))
     try:
@@ -87,14 +50,7 @@ def _llama_cpp_section() -> dict[str, Any]:
         built = {"libdir": None, "include": None, "backend_libraries": [], "error": str(e)}
     finally:
         sys.path.pop(0)
-    info = llama_cpp.llama_print_system_info()
-    return {
-        "version": llama_cpp.__version__,
-        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-        "system_info": (info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)).strip(),
-        "devices": ggml_devices(),
-        **built,
-    }
+    return {**system_info(), "devices": ggml_devices(), **built}
 
 
 def _onnxruntime_section() -> dict[str, Any]:
@@ -125,28 +81,33 @@ def _family_devices(devices: list[dict], family: str) -> list[dict]:
 
 
 def _decoder_choice(device: str, llama: dict) -> dict[str, Any]:
+    """What the decoder would run on; the offload decision itself is `gpu_layers`, as the runtime's."""
+    from edge.engine.llama import gpu_layers
+
     devices, offload = llama["devices"], llama["gpu_offload"]
     gpus = [d for d in devices if d["type"] in ("gpu", "igpu")]
-    if device == "cpu":
-        return {"ok": True, "uses": "CPU", "n_gpu_layers": 0, "why": "--device cpu"}
-    if device == "auto":
-        if offload and gpus:
-            return {"ok": True, "uses": gpus[0]["name"], "n_gpu_layers": 999, "why": "GPU offload available"}
-        why = ("llama-cpp-python built without GPU offload" if not offload
-               else "GPU offload built in but no GPU device found (driver missing?)")
-        return {"ok": True, "uses": "CPU", "n_gpu_layers": 999 if offload else 0, "why": why}
-    family = _FAMILY.get(device, device)
-    mine = _family_devices(devices, family)
-    if not offload:
+    try:
+        layers = gpu_layers(device, offload)
+    except DecoderError:
         return {"ok": False, "uses": None, "n_gpu_layers": None,
                 "why": f"llama-cpp-python built without GPU offload (no {device}); reinstall with "
                        f"`make serve BACKEND={device}`"}
+    if device == Device.CPU:
+        return {"ok": True, "uses": "CPU", "n_gpu_layers": layers, "why": "--device cpu"}
+    if device == Device.AUTO:
+        if offload and gpus:
+            return {"ok": True, "uses": gpus[0]["name"], "n_gpu_layers": layers, "why": "GPU offload available"}
+        why = ("llama-cpp-python built without GPU offload" if not offload
+               else "GPU offload built in but no GPU device found (driver missing?)")
+        return {"ok": True, "uses": "CPU", "n_gpu_layers": layers, "why": why}
+    family = _FAMILY.get(device, device)
+    mine = _family_devices(devices, family)
     if not mine:
         built = device.lower() in [b.lower() for b in llama["backend_libraries"]]  # libggml-<device>.so
         why = (f"llama-cpp-python has the {family} backend but ggml found no {device} device" if built
                else f"llama-cpp-python built without {device} (it offloads to {', '.join(g['name'] for g in gpus) or 'nothing'})")
         return {"ok": False, "uses": None, "n_gpu_layers": None, "why": why}
-    return {"ok": True, "uses": mine[0]["name"], "n_gpu_layers": 999, "why": f"{device} offload"}
+    return {"ok": True, "uses": mine[0]["name"], "n_gpu_layers": layers, "why": f"{device} offload"}
 
 
 def _projector_choice(device: str, llama: dict, native: dict) -> dict[str, Any]:
@@ -173,7 +134,7 @@ def _vision_choice(device: str, ort_info: dict) -> dict[str, Any]:
     from edge.errors import VisionError
     from edge.vision.encoder import select_providers
 
-    choice = _VISION_PROVIDER.get(device, "auto")
+    choice = Device.parse(device, "--device").vision_provider
     available = ort_info["providers"]
     try:
         providers = select_providers(choice, available)

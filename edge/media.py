@@ -1,9 +1,11 @@
 """Where request images may come from: the server's media policy, applied before anything is decoded.
 
 `MediaPolicy.resolve(messages)` replaces every image part (`image_url` or `image`) of OpenAI-shaped message
-dicts with `{"type": "image", "image": <bytes>, "min_tokens", "max_tokens"}` (what `edge.chat.template` takes),
-enforcing:
+dicts with `{"type": "image", "image": <bytes>, "min_tokens", "max_tokens"}` (what `edge.chat.template` takes)
+and the `file_data` of every file part (a PDF) and the url of every video part (`video_url` or `video`) with
+their bytes (what `edge.vision.file_parts` and the template take), enforcing:
 - at most `max_images` images per request (400 `too_many_images`) and `max_image_bytes` each (413);
+  `max_document_bytes` for each document, `max_video_bytes` for each video;
 - `data:` URLs: decoded here (bad base64 -> 400 `invalid_image`);
 - local files (a path or `file://` URL): only with a media folder; a relative path is taken inside it; the
   real path (symlinks resolved) must lie inside the folder's real path, so `..` traversal and symlinks
@@ -25,17 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ImageError, ImageTooLargeError, InputError, MediaAccessError
+from edge.errors import ImageError, ImageTooLargeError, MediaAccessError, MediaFetchError, TooManyImagesError
 from edge.vision.image import read_source
-from edge.chat.template import DETAIL_MAX_TOKENS
-
-
-class TooManyImagesError(InputError):
-    code = "too_many_images"
-
-
-class MediaFetchError(ImageError):
-    code = "media_fetch_failed"
+from edge.chat.template import DETAIL_MAX_TOKENS, VIDEO_KNOBS
+from edge.vision.file_parts import file_source, is_file_part
 
 
 @dataclass(frozen=True)
@@ -43,6 +38,17 @@ class ImageSpec:
     url: str
     min_tokens: int | None
     max_tokens: int | None
+
+
+def _video_url(part: dict) -> tuple[str, dict] | None:
+    """(url, knobs) of a video part that names its clip by URL (bytes from the Python API pass through)."""
+    if part.get("type") == "video_url":
+        spec = part.get("video_url") or {}
+        spec = {"url": spec} if isinstance(spec, str) else spec
+        return spec.get("url") or "", {k: spec[k] for k in VIDEO_KNOBS if spec.get(k) is not None}
+    if part.get("type") == "video" and isinstance(part.get("video"), str):
+        return part["video"], {k: part[k] for k in VIDEO_KNOBS if part.get(k) is not None}
+    return None
 
 
 def _image_spec(part: dict) -> ImageSpec | None:
@@ -63,6 +69,8 @@ class MediaPolicy:
     allow_remote: bool = False
     max_images: int = 16
     max_image_bytes: int = 20 << 20
+    max_document_bytes: int = 64 << 20
+    max_video_bytes: int = 256 << 20
     remote_timeout: float = 10.0
     max_redirects: int = 3
 
@@ -84,6 +92,18 @@ class MediaPolicy:
                 continue
             parts = []
             for part in content:
+                if is_file_part(part):
+                    source, _ = file_source(part)
+                    spec = part["file"] if isinstance(part["file"], dict) else {}
+                    data = await self.fetch(source, http_client, self.max_document_bytes) if isinstance(source, str) \
+                        else bytes(source)
+                    parts.append({"type": "file", "file": {**spec, "file_data": data}})
+                    continue
+                video = _video_url(part)
+                if video is not None:
+                    data = await self.fetch(video[0], http_client, self.max_video_bytes)
+                    parts.append({"type": "video", "video": data, **video[1]})
+                    continue
                 spec = _image_spec(part)
                 if spec is None:
                     parts.append(part)
@@ -93,17 +113,18 @@ class MediaPolicy:
             out.append({**msg, "content": parts})
         return out
 
-    async def fetch(self, url: str, http_client: Any = None) -> bytes:
+    async def fetch(self, url: str, http_client: Any = None, max_bytes: int | None = None) -> bytes:
+        max_bytes = max_bytes or self.max_image_bytes
         scheme = url.split(":", 1)[0].lower() if ":" in url[:12] and not _looks_like_windows_path(url) else ""
         if scheme == "data":
-            return await asyncio.to_thread(read_source, url, max_bytes=self.max_image_bytes)
+            return await asyncio.to_thread(read_source, url, max_bytes=max_bytes)
         if scheme in ("http", "https"):
             if not self.allow_remote:
                 raise MediaAccessError(f"remote image URLs are refused ({url[:80]!r}); send the image as a data: URL, "
                                        "or start the server with --allow-remote-media")
-            return await self._fetch_remote(url, http_client)
+            return await self._fetch_remote(url, http_client, max_bytes)
         if scheme in ("", "file"):
-            return await asyncio.to_thread(self.read_local, url)
+            return await asyncio.to_thread(self.read_local, url, max_bytes)
         raise MediaAccessError(f"image URL scheme {scheme!r} is not supported; use data:, a path under --media-dir, "
                                "or http(s) with --allow-remote-media")
 
@@ -132,7 +153,8 @@ class MediaPolicy:
                                    "--media-dir are readable (symlinks are followed before this check)")
         return real
 
-    def read_local(self, url: str) -> bytes:
+    def read_local(self, url: str, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or self.max_image_bytes
         real = self.local_path(url)
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -144,16 +166,17 @@ class MediaPolicy:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise MediaAccessError(f"{url[:200]!r} is not a regular file")
-            if st.st_size > self.max_image_bytes:
-                raise ImageTooLargeError(f"image file is {st.st_size} bytes; the limit is {self.max_image_bytes}")
-            data = f.read(self.max_image_bytes + 1)
-        if len(data) > self.max_image_bytes:
-            raise ImageTooLargeError(f"image file is over {self.max_image_bytes} bytes")
+            if st.st_size > limit:
+                raise ImageTooLargeError(f"image file is {st.st_size} bytes; the limit is {limit}")
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"image file is over {limit} bytes")
         return data
 
     # --- remote -----------------------------------------------------------------------------------
 
-    async def _fetch_remote(self, url: str, http_client: Any) -> bytes:
+    async def _fetch_remote(self, url: str, http_client: Any, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or self.max_image_bytes
         import httpx
 
         own = http_client is None
@@ -164,13 +187,13 @@ class MediaPolicy:
                 if resp.status_code != 200:
                     raise MediaFetchError(f"fetching {url[:120]!r} returned HTTP {resp.status_code}")
                 declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.max_image_bytes:
-                    raise ImageTooLargeError(f"{url[:120]!r} is {declared} bytes; the limit is {self.max_image_bytes}")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise ImageTooLargeError(f"{url[:120]!r} is {declared} bytes; the limit is {limit}")
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
-                    if size > self.max_image_bytes:
-                        raise ImageTooLargeError(f"{url[:120]!r} is over {self.max_image_bytes} bytes")
+                    if size > limit:
+                        raise ImageTooLargeError(f"{url[:120]!r} is over {limit} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
 

@@ -26,7 +26,7 @@ _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 import llama_cpp  # imported by both, so the baseline is the same
-from edge.vision.projector import Projector
+from edge.vision.numpy_projector import Projector
 from edge.vision.native import NativeProjector
 impl, path, rows, repeat, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 

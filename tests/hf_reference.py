@@ -29,10 +29,11 @@ def hf_input(hf_model, hf_tokenizer, messages, images, tools=None, enable_thinki
     return inputs
 
 
-def hf_greedy(hf_model, hf_tokenizer, messages, images, max_new_tokens=24, **kwargs) -> list[int]:
+def hf_greedy(hf_model, hf_tokenizer, messages, images, max_new_tokens=24, repetition_penalty=1.0, **kwargs) -> list[int]:
     inputs = hf_input(hf_model, hf_tokenizer, messages, images, **kwargs)
     with torch.no_grad():
-        out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0)
+        out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                repetition_penalty=repetition_penalty)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     eos = set(hf_model.generation_config.eos_token_id)
     return new[:-1] if new and new[-1] in eos else new

@@ -13,10 +13,11 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from edge.options import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "glm-4.6v-flash"
@@ -118,20 +119,14 @@ def sse_events(response: httpx.Response) -> list:
 # --- the scripted engine ----------------------------------------------------------------------------
 
 
-@dataclass
-class FakePrefill:
-    cells: int
-    reused: int = 0
-    seconds: float = 0.0
-
-
 class ScriptedEngine:
-    """Replaces `runtime.engine`: prefill only counts, stream yields scripted text pieces.
+    """An engine double (`edge.engine.generate.Engine`'s acquire -> lease.run): the lease records the prompt
+    chunks and yields the ids of scripted text pieces.
 
     `script` is a list of pieces (an exception instance in it is raised there), or a callable(params) -> list
-    (to vary per request). `delay` seconds pass
-    before each piece; `gate` (a threading.Event) if given must be set before the first piece; `log` records
-    (max_tokens, "start"/"closed"/"done") per generation.
+    (to vary per request). `delay` seconds pass before each piece; `gate` (a threading.Event) if given must be
+    set before the first piece; `log` records (max_tokens, "start"/"closed"/"done") per generation. The
+    runtime builds it through `engine_factory`, which hands it the decoder (for tokenising the pieces).
     """
 
     def __init__(self, script, reason: str = "stop", delay: float = 0.0, gate: threading.Event | None = None):
@@ -143,56 +138,88 @@ class ScriptedEngine:
         self.prefills = 0
         self.last_entries: list = []
         self.last_params = None
+        self.decoder = None
+        self.busy_slots = 0
 
-    def prefill(self, entries, embed, reuse=True):
-        self.prefills += 1
-        self.last_entries = list(entries)
-        return FakePrefill(sum(e.n_cells for e in entries))
+    def factory(self, decoder, stop_ids):
+        self.decoder = decoder
+        return self
 
-    def stream(self, params, state):
-        self.last_params = params
-        pieces = self.script(params) if callable(self.script) else self.script
-        self.log.append((params.max_tokens, "start"))
+    @property
+    def stats(self):
+        from edge.engine.generate import EngineStats
+
+        return EngineStats()
+
+    def acquire(self, chunks, reuse=True):
+        from edge.engine.generate import PrefillPlan
+        from edge.engine.kv import Reuse
+
+        return ScriptedLease(self, PrefillPlan(tuple(chunks), Reuse(0, 0), sum(c.n_tokens for c in chunks), 0))
+
+    def close(self):
+        pass
+
+
+class ScriptedLease:
+    def __init__(self, engine: ScriptedEngine, plan):
+        self.engine, self.plan = engine, plan
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def run(self, embeddings, params, finish, cancel=None):
+        engine = self.engine
+        engine.prefills += 1
+        engine.last_entries = list(self.plan.chunks)
+        engine.last_params = params
+        pieces = engine.script(params) if callable(engine.script) else engine.script
+        engine.log.append((params.max_tokens, "start"))
         finished = False
         try:
-            if self.gate is not None:
-                while not self.gate.wait(0.01):
+            if engine.gate is not None:
+                while not engine.gate.wait(0.01):
                     pass
             for piece in pieces:
-                if self.delay:
-                    time.sleep(self.delay)
-                if len(state.tokens) >= params.max_tokens:
-                    state.reason = "length"
+                if engine.delay:
+                    time.sleep(engine.delay)
+                if len(finish.tokens) >= params.max_tokens:
+                    finish.reason = "length"
                     finished = True
                     return
                 if isinstance(piece, BaseException):
                     raise piece
-                state.tokens.append(0)
-                yield piece
-            state.reason = self.reason
+                for token in engine.decoder.tokenize(piece):
+                    finish.tokens.append(token)
+                    yield token
+            finish.reason = engine.reason
             finished = True
         finally:
-            self.log.append((params.max_tokens, "done" if finished else "closed"))
+            engine.log.append((params.max_tokens, "done" if finished else "closed"))
 
 
-def scripted_app(bundle: Path, engine: ScriptedEngine, **settings):
+def scripted_app(bundle: Path, engine: ScriptedEngine, runtime: RuntimeOptions | None = None, **settings):
     """An app whose runtime is the real tiny bundle with `engine` in place of the llama.cpp engine."""
     from edge.runtime import Runtime
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
+
+    options = (runtime or RuntimeOptions()).with_(**EXACT)
 
     def factory(s):
-        rt = Runtime.load(s.bundle, n_ctx=s.ctx_size, enable_thinking=s.enable_thinking, **EXACT)
-        rt.engine = engine
-        return rt
+        return Runtime.load(s.bundle, s.runtime, engine_factory=engine.factory)
 
-    return create_app(ServerSettings(bundle=bundle, **settings), factory)
+    return create_app(ServerSettings(bundle=bundle, runtime=options, **settings), factory)
 
 
 def prompt_text(runtime, entries) -> str:
-    """The text of the prompt's text entries (images as <|image|>), detokenised with special tokens."""
+    """The text of the prompt's text chunks (images as <|image|>), detokenised with special tokens."""
     out = []
     for e in entries:
-        if e.image_key is not None:
+        if e.is_media:
             out.append("<|image|>")
         else:
             out.append(b"".join(runtime.decoder.token_bytes(t) for t in e.tokens).decode("utf-8", "replace"))

@@ -8,14 +8,15 @@ import pytest
 
 from convert.checkpoint import Checkpoint
 from convert.pipeline import convert_decoder
-from edge.engine.llama import Decoder, DecoderOptions, cpu_has_amx, gpu_layers
-from edge.errors import DecoderError
+from edge.engine.llama import Decoder, cpu_has_amx, gpu_layers
+from edge.errors import DecoderError, OptionError
+from edge.options import RuntimeOptions
 
 
 @pytest.fixture(scope="module")
 def q8_decoder(tiny_checkpoint, tmp_path_factory):
     path = convert_decoder(Checkpoint(tiny_checkpoint), tmp_path_factory.mktemp("q8"), "Q8_0")
-    with Decoder(str(path), DecoderOptions(n_ctx=512, n_batch=32, n_ubatch=16, n_threads=2)) as dec:
+    with Decoder(str(path), RuntimeOptions(ctx_size=512, batch_size=32, ubatch_size=16, threads=2)) as dec:
         yield dec
 
 
@@ -52,12 +53,12 @@ def test_bad_shapes_are_refused(q8_decoder):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(device="tpu"), "device"), (dict(kv_type="q2"), "KV-cache type"), (dict(flash_attn="maybe"), "flash"),
-    (dict(n_ctx=256, n_batch=512), "n_batch"),
+    (dict(device="tpu"), "device"), (dict(kv_type="q2"), "kv-type"), (dict(flash_attn="maybe"), "flash"),
+    (dict(ctx_size=256, batch_size=512), "batch-size"),
 ])
 def test_options_are_validated(kwargs, message):
-    with pytest.raises(DecoderError, match=message):
-        DecoderOptions(**kwargs)
+    with pytest.raises(OptionError, match=message):
+        RuntimeOptions(**kwargs)
 
 
 def test_gpu_device_on_cpu_build_is_refused():
@@ -70,4 +71,4 @@ def test_gpu_device_on_cpu_build_is_refused():
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DecoderError, match="could not load"):
-        Decoder(str(tmp_path / "nope.gguf"), DecoderOptions(n_ctx=512))
+        Decoder(str(tmp_path / "nope.gguf"), RuntimeOptions(ctx_size=512))

@@ -11,7 +11,8 @@ import pytest
 
 from edge.bundle import MANIFEST
 from edge.errors import BundleError, ImageTooLargeError, MediaAccessError
-from edge.media import MediaFetchError, MediaPolicy, TooManyImagesError
+from edge.errors import MediaFetchError, TooManyImagesError
+from edge.media import MediaPolicy
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.timeout(300)

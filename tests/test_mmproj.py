@@ -104,7 +104,7 @@ def test_unknown_quant_is_refused(tiny_checkpoint, tmp_path):
 @pytest.fixture(scope="module")
 def ours(tiny_bundle):
     from edge.bundle import load_bundle
-    from edge.vision.projector import Projector
+    from edge.vision.numpy_projector import Projector
     from edge.vision.encoder import VisionEncoder
 
     bundle = load_bundle(tiny_bundle)

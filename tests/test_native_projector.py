@@ -23,16 +23,11 @@ from gguf import GGUFWriter
 from convert.checkpoint import Checkpoint
 from convert.projector_gguf import export_projector
 from edge.errors import BundleError, VisionError
-from edge.vision.native import (
-    LIB_NAME,
-    NativeProjector,
-    NativeUnavailableError,
-    default_library_path,
-    ggml_devices,
-    load_library,
-)
-from edge.vision.projector import Projector
-from edge.vision.select import load_projector
+from edge.engine.llama import ggml_devices
+from edge.errors import NativeUnavailableError
+from edge.vision.native import LIB_NAME, NativeProjector, default_library_path, load_library
+from edge.vision.numpy_projector import Projector
+from edge.vision.projector import load_projector
 from tests.conftest import png_bytes
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -235,12 +230,12 @@ def test_unknown_device_is_unavailable(library, files):
 
 
 def _records(caplog):
-    return [r for r in caplog.records if r.name == "edge.vision.select" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "edge.vision.projector" and r.levelno >= logging.WARNING]
 
 
 def test_fallback_when_library_is_hidden(files, vit_output, reference, tmp_path, caplog):
     missing = tmp_path / LIB_NAME
-    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.projector"):
         projector = load_projector(files["F32"], library=missing)
     assert isinstance(projector, Projector)
     (record,) = _records(caplog)
@@ -250,7 +245,7 @@ def test_fallback_when_library_is_hidden(files, vit_output, reference, tmp_path,
 
 def test_fallback_through_environment(files, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("GLM_EDGE_NATIVE_LIB", str(tmp_path / "nowhere" / LIB_NAME))
-    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.projector"):
         assert isinstance(load_projector(files["F16"]), Projector)
     assert len(_records(caplog)) == 1
 
@@ -258,14 +253,14 @@ def test_fallback_through_environment(files, tmp_path, monkeypatch, caplog):
 def test_fallback_on_a_library_that_does_not_load(files, tmp_path, caplog):
     fake = tmp_path / LIB_NAME
     fake.write_bytes(b"not an ELF file")
-    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.projector"):
         assert isinstance(load_projector(files["F32"], library=fake), Projector)
     (record,) = _records(caplog)
     assert "cannot be loaded" in record.getMessage()
 
 
 def test_selector_choices(library, files, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="edge.vision.select"):
+    with caplog.at_level(logging.INFO, logger="edge.vision.projector"):
         assert isinstance(load_projector(files["F32"]), NativeProjector)
         assert isinstance(load_projector(files["F32"], prefer="native", device="cpu"), NativeProjector)
         assert isinstance(load_projector(files["F32"], prefer="numpy"), Projector)
@@ -285,7 +280,7 @@ def test_greedy_generation_with_images_unchanged(library, tiny_bundle):
     from edge.vision.cache import ImageEmbeddingCache
     from edge.runtime import Runtime
 
-    runtime = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", kv_type="f32", flash_attn="off", n_ctx=1024)
+    runtime = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", kv_type="f32", flash_attn="off", ctx_size=1024)
     try:
         msgs = [{"role": "user", "content": [
             {"type": "image", "image": png_bytes(140, 84, seed=11)}, {"type": "text", "text": "and"},
@@ -295,7 +290,7 @@ def test_greedy_generation_with_images_unchanged(library, tiny_bundle):
         expected = runtime.chat(msgs, temperature=0.0, repetition_penalty=1.0, max_tokens=16).token_ids
         runtime.projector = NativeProjector(runtime.bundle.projector_path, device="cpu")
         runtime.image_cache = ImageEmbeddingCache()  # neither cached embeddings nor a reused KV prefix
-        runtime.engine.kv.reset()
+        runtime.forget_prefix()
         runtime.decoder.truncate(0)
         got = runtime.chat(msgs, temperature=0.0, repetition_penalty=1.0, max_tokens=16).token_ids
         assert runtime.stats.images_encoded == 4, "the second chat must run the native projector, not a cache"

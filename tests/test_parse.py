@@ -9,7 +9,7 @@ import pytest
 from edge.chat.boxes import BOX_CLOSE, BOX_OPEN, Box, box_to_pixels, find_boxes
 from edge.chat.parse import (
     TAGS,
-    Delta,
+    ChatDelta,
     ParseIssue,
     StreamParser,
     ToolCall,
@@ -284,7 +284,7 @@ def test_tool_name_streams_before_call_closes():
     assert parser.feed("ty</arg_key>\n<arg_value>Paris</arg_value>\n").tool_calls == []
     last = parser.feed("</tool_call>")
     assert last.tool_calls == [ToolCallDelta(0, None, None, '{"city": "Paris"}')]
-    assert parser.finish() == Delta()
+    assert parser.finish() == ChatDelta()
 
 
 def test_plain_text_is_not_held_back():

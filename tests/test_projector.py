@@ -1,5 +1,5 @@
 """Projector: GGUF writer (convert/projector_gguf.py) read back with gguf.GGUFReader, and the numpy projector
-(edge/vision/projector.py) against transformers' downsample + merger, alone (random ViT-like input)."""
+(edge/vision/numpy_projector.py) against transformers' downsample + merger, alone (random ViT-like input)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gguf import GGUFReader
 from convert.checkpoint import Checkpoint
 from convert.projector_gguf import ARCH, downsample_matrix, export_projector
 from edge.errors import BundleError, ConversionError, VisionError
-from edge.vision.projector import Projector, erf, gelu
+from edge.vision.numpy_projector import Projector, erf, gelu
 
 torch = pytest.importorskip("torch")
 

@@ -16,7 +16,7 @@ GREEDY = dict(temperature=0.0, repetition_penalty=1.0, max_tokens=16)
 
 @pytest.fixture(scope="module")
 def runtime(tiny_bundle):
-    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", n_ctx=1024, n_batch=64, n_ubatch=32,
+    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", ctx_size=1024, batch_size=64, ubatch_size=32,
                       kv_type="f32", flash_attn="off", threads=2)
     yield rt
     rt.close()
@@ -42,7 +42,7 @@ def test_second_turn_reuses_kv_and_image_cache(runtime):
     assert warm.usage.images_cached == 1
     assert warm.usage.cached_tokens > first.usage.prompt_tokens // 2
 
-    runtime.engine.kv.reset()
+    runtime.forget_prefix()
     runtime.decoder.truncate(0)
     runtime.image_cache = type(runtime.image_cache)(runtime.image_cache.max_bytes)
     cold = runtime.chat(second_msgs, **GREEDY)
@@ -61,7 +61,7 @@ def test_identical_request_twice_is_identical(runtime):
 
 def test_embedding_path_equals_token_path(runtime, tiny_checkpoint):
     dec = runtime.decoder
-    runtime.engine.kv.reset()
+    runtime.forget_prefix()
     table = Checkpoint(tiny_checkpoint).get("model.language_model.embed_tokens.weight")
     ids = dec.tokenize("[gMASK]<sop><|user|>\nHello there, what is in this photo?<|assistant|>\n")
     dec.truncate(0)
@@ -124,7 +124,7 @@ def test_known_image_is_not_preprocessed_again(runtime, monkeypatch):
     again = runtime.chat(conversation(img), **GREEDY)
     assert len(calls) == 1  # layout facts came from the memo, the embedding from the KV prefix
     assert again.token_ids == first.token_ids
-    runtime.engine.kv.reset()
+    runtime.forget_prefix()
     runtime.decoder.truncate(0)
     runtime.image_cache = type(runtime.image_cache)(runtime.image_cache.max_bytes)
     cold = runtime.chat(conversation(img), **GREEDY)
@@ -133,7 +133,7 @@ def test_known_image_is_not_preprocessed_again(runtime, monkeypatch):
 
 
 def test_projector_engine_is_selectable(tiny_bundle):
-    from edge.vision.projector import Projector
+    from edge.vision.numpy_projector import Projector
 
-    with Runtime.load(tiny_bundle, device="cpu", n_ctx=512, threads=1, projector="numpy") as rt:
+    with Runtime.load(tiny_bundle, device="cpu", ctx_size=512, threads=1, projector="numpy") as rt:
         assert isinstance(rt.projector, Projector)

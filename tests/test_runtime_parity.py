@@ -18,7 +18,7 @@ N_NEW = 24
 
 @pytest.fixture(scope="module")
 def runtime(tiny_bundle):
-    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", n_ctx=2048, n_batch=64, n_ubatch=16,
+    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", ctx_size=2048, batch_size=64, ubatch_size=16,
                       kv_type="f32", flash_attn="off", threads=2)
     yield rt
     rt.close()
@@ -118,19 +118,11 @@ def test_thinking_off(runtime, hf_model, hf_tokenizer):
 def test_last_logits_close_with_two_images(runtime, hf_model, hf_tokenizer):
     a, b = png_bytes(100, 70, seed=7), png_bytes(60, 200, seed=8)
     msgs = [{"role": "user", "content": [image_part(a), image_part(b), {"type": "text", "text": "Which is larger?"}]}]
-    build = runtime.prompt.build(msgs)
-    prepared = [runtime.prepare(r) for r in build[1]]
-    from edge.engine.generate import ImageInfo, layout
-
-    entries = layout(build[0], [ImageInfo(p.cache_key, p.merged_rows, p.merged_cols) for p in prepared])
-    runtime.engine.prefill(entries, runtime._embedder({p.cache_key: p for p in prepared}, *_blank()), reuse=False)
-    ours_logits = runtime.decoder.logits()
+    prepared = [runtime.prepare(r) for r in runtime.prompt.build(msgs)[1]]
+    prompt = runtime.build_prompt(msgs)
+    with runtime.engine.acquire(prompt.chunks, reuse=False) as lease:
+        ours_logits = lease.prompt_logits(runtime.embed(prompt, lease.plan.missing_media))
     ref = hf_last_logits(hf_model, hf_tokenizer, hf_messages(msgs), prepared)
     err = np.abs(ours_logits - ref).max()
     assert err < 2e-4, err  # logits have std ~4; measured ~2e-5
 
-
-def _blank():
-    from edge.chat.results import Timings, Usage
-
-    return Timings(), Usage()

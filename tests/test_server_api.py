@@ -52,7 +52,7 @@ def client(live):
 def reference(tiny_bundle):
     from edge.runtime import Runtime
 
-    rt = Runtime.load(tiny_bundle, n_ctx=2048, **EXACT)
+    rt = Runtime.load(tiny_bundle, ctx_size=2048, **EXACT)
     yield rt
     rt.close()
 

@@ -40,10 +40,13 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, media):
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
+    from edge.options import RuntimeOptions
 
     settings = ServerSettings(bundle=tiny_bundle, media_dir=media[0], max_images=2, max_image_bytes=MAX_IMAGE_BYTES,
-                              max_body_bytes=MAX_BODY, ctx_size=256, n_batch=256, n_ubatch=256, **EXACT)
+                              max_body_bytes=MAX_BODY,
+                              runtime=RuntimeOptions(ctx_size=256, batch_size=256, ubatch_size=256, **EXACT))
     with ThreadServer(create_app(settings)) as srv:
         yield srv
 

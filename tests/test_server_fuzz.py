@@ -24,11 +24,13 @@ EXAMPLES = {"positive": 60, "negative": 40}
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
+    from edge.options import RuntimeOptions
 
     media = tmp_path_factory.mktemp("fuzz-media")
-    settings = ServerSettings(bundle=tiny_bundle, media_dir=media, ctx_size=384, n_batch=384, n_ubatch=384,
-                              max_images=4, max_body_bytes=1 << 20, **EXACT)
+    settings = ServerSettings(bundle=tiny_bundle, media_dir=media, max_images=4, max_body_bytes=1 << 20,
+                              runtime=RuntimeOptions(ctx_size=384, batch_size=384, ubatch_size=384, **EXACT))
     with ThreadServer(create_app(settings)) as srv:
         yield srv
 

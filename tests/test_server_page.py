@@ -58,11 +58,13 @@ def send_with_image(page, base, image_path, text, thinking: bool):
 
 
 def test_page_sends_image_and_streams_answer(page, tiny_bundle, tmp_path):
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
+    from edge.options import RuntimeOptions
 
     image = tmp_path / "cat.png"
     image.write_bytes(png_bytes(100, 70, seed=1))
-    with ThreadServer(create_app(ServerSettings(bundle=tiny_bundle, ctx_size=2048, **EXACT))) as srv:
+    with ThreadServer(create_app(ServerSettings(bundle=tiny_bundle, runtime=RuntimeOptions(ctx_size=2048, **EXACT)))) as srv:
         answer = send_with_image(page, srv.base, image, "What is in the picture?", thinking=False)
         assert answer.get_attribute("data-done") == "1", answer.inner_text()
         assert answer.locator(".content").inner_text().strip()

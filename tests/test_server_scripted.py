@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
 from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, prompt_text, scripted_app, sse_events
 
@@ -151,7 +152,7 @@ def test_reasoning_separated_and_thinking_switch(serve):
 
 
 def test_server_default_thinking_off(serve):
-    srv, engine = serve(["Hi"], enable_thinking=False)
+    srv, engine = serve(["Hi"], runtime=RuntimeOptions(thinking=False))
     r = httpx.post(srv.base + "/v1/chat/completions", json=chat_body(), timeout=30).json()
     assert r["choices"][0]["message"]["content"] == "Hi"
     assert prompt_text(srv.service.runtime, engine.last_entries).endswith("<think></think>\n")
@@ -230,7 +231,7 @@ def _wait(predicate, timeout=5.0):
 
 def test_disconnect_cancels_stream_and_frees_the_slot(serve):
     engine = ScriptedEngine(_long_script, delay=0.01)
-    srv, _ = serve(None, engine=engine, enable_thinking=False)
+    srv, _ = serve(None, engine=engine, runtime=RuntimeOptions(thinking=False))
     with httpx.stream("POST", srv.base + "/v1/chat/completions", json=chat_body(stream=True, max_tokens=5000),
                       timeout=30) as r:
         lines = r.iter_lines()
@@ -247,7 +248,7 @@ def test_disconnect_cancels_stream_and_frees_the_slot(serve):
 
 def test_disconnect_cancels_non_streaming_request(serve):
     engine = ScriptedEngine(_long_script, delay=0.01)
-    srv, _ = serve(None, engine=engine, enable_thinking=False)
+    srv, _ = serve(None, engine=engine, runtime=RuntimeOptions(thinking=False))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(srv.base + "/v1/chat/completions", json=chat_body(max_tokens=5000), timeout=0.5)
     assert _wait(lambda: (5000, "closed") in engine.log), engine.log
@@ -270,7 +271,7 @@ def _post_in_thread(url, body, results, key):
 def test_queue_is_fifo_and_bounded(serve):
     gate = threading.Event()
     engine = ScriptedEngine(lambda p: [f"#{p.max_tokens}"], gate=gate)
-    srv, _ = serve(None, engine=engine, max_queue=3, enable_thinking=False)
+    srv, _ = serve(None, engine=engine, max_queue=3, runtime=RuntimeOptions(thinking=False, parallel=1))
     url = srv.base + "/v1/chat/completions"
     results, threads = {}, []
     threads.append(_post_in_thread(url, chat_body(max_tokens=100), results, 100))
@@ -298,13 +299,14 @@ def test_queue_is_fifo_and_bounded(serve):
 def test_health_loading_then_ready_and_load_failure(tiny_bundle):
     from edge.errors import BundleError
     from edge.runtime import Runtime
-    from edge.api.app import ServerSettings, create_app
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
 
     release = threading.Event()
 
     def slow(settings):
         release.wait(30)
-        return Runtime.load(settings.bundle, device="cpu", n_ctx=512, threads=1)
+        return Runtime.load(settings.bundle, device="cpu", ctx_size=512, threads=1)
 
     with ThreadServer(create_app(ServerSettings(bundle=tiny_bundle), slow), wait=False) as srv:
         r = httpx.get(srv.base + "/health")
@@ -370,7 +372,7 @@ def test_local_paths_refused_without_media_dir(serve, tmp_path):
 def test_error_after_the_stream_started_is_an_sse_error_event(serve):
     from edge.errors import DecoderError
 
-    srv, _ = serve(["Partial", " answer", DecoderError("llama_decode failed with code -3")], enable_thinking=False)
+    srv, _ = serve(["Partial", " answer", DecoderError("llama_decode failed with code -3")], runtime=RuntimeOptions(thinking=False))
     events = stream_chunks(srv.base, chat_body())
     assert "".join(d.get("content", "") for d in deltas(events)) == "Partial answer"
     errors = [e for e in events if e != "[DONE]" and "error" in e]

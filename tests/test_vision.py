@@ -18,7 +18,7 @@ from convert.checkpoint import Checkpoint
 from convert.projector_gguf import export_projector
 from convert.vision_onnx import build_vision_model, describe_io, export_vision, visual_prefix
 from edge.errors import VisionError
-from edge.vision.projector import Projector
+from edge.vision.numpy_projector import Projector
 from edge.vision.encoder import (
     VisionEncoder,
     image_embeddings,

@@ -1,7 +1,8 @@
 """HTTP plumbing of the server that is not about chat: OpenAI-shaped errors and the request gate.
 
-- `error_from_exception(e)` -> (status, {"error": {"message", "type", "param", "code"}}) for our `ApiError`, any
-  `edge.errors.GlmEdgeError` (its `http_status` and `code`) and, as a 500, anything else.
+- `error_from_exception(e)` -> (status, {"error": {"message", "type", "param", "code"}}) for any
+  `edge.errors.GlmEdgeError` (its `http_status`, `code` and `param`) and, as a 500, anything else;
+  `anthropic_error_body(status, message)`: Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 - `validation_message(exc)`: one readable line and an OpenAI-style `param` path for pydantic's errors.
 - `Gate`: pure ASGI middleware for API-key checks, the body-size limit and request counting.
 """
@@ -20,13 +21,6 @@ from edge.api.metrics import Metrics
 # --- errors ------------------------------------------------------------------------------------------
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
-
-
 def _error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
@@ -39,8 +33,19 @@ def error_body(status: int, message: str, code: str | None, param: str | None = 
     return {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
 
 
+# Anthropic's error shape, for the routes of its Messages API (edge.api.anthropic).
+ANTHROPIC_PATHS = ("/v1/messages",)
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
+
+
+def anthropic_error_body(status: int, message: str) -> dict:
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
 def _param_for(error: GlmEdgeError) -> str | None:
-    if getattr(error, "param", None):
+    if error.param:
         return error.param
     if isinstance(error, (ImageError, MediaAccessError, ContextOverflowError)):
         return "messages"
@@ -48,8 +53,6 @@ def _param_for(error: GlmEdgeError) -> str | None:
 
 
 def error_from_exception(error: BaseException) -> tuple[int, dict]:
-    if isinstance(error, ApiError):
-        return error.status, error_body(error.status, error.message, error.code, error.param)
     if isinstance(error, GlmEdgeError):
         status = error.http_status
         return status, error_body(status, str(error), error.code, _param_for(error))
@@ -96,8 +99,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 class Gate:
     """Pure ASGI middleware in front of every route: API key, body size limit, request counting.
 
-    - With an API key, /v1/* and /metrics need `Authorization: Bearer <key>` (401 otherwise, checked before
-      the body is read); /health and the page stay open (the page asks for the key and sends it).
+    - With an API key, /v1/* and /metrics need `Authorization: Bearer <key>` or `x-api-key: <key>` (401
+      otherwise, checked before the body is read; in Anthropic's error shape on /v1/messages); /health and
+      the page stay open (the page asks for the key and sends it).
     - Bodies over `max_bytes` (declared or streamed) get 413 before the app reads them.
     - `glm_edge_http_requests_total{route,status}` counts every response.
     """
@@ -128,14 +132,17 @@ class Gate:
         path = scope.get("path", "")
         key = self.api_key
         if key and scope.get("method") != "OPTIONS" and (path.startswith("/v1/") or path == "/metrics"):
-            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                return await self._reply(send, 401, "missing or incorrect API key (send Authorization: Bearer <key>)",
-                                         "invalid_api_key", [(b"www-authenticate", b"Bearer")])
+            headers = dict(scope.get("headers") or [])
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":  # Anthropic clients send the key as x-api-key
+                token = headers.get(b"x-api-key", b"").decode("latin-1")
+            if not token or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                return await self._reply(send, 401, "missing or incorrect API key (send Authorization: Bearer <key> "
+                                         "or x-api-key: <key>)", "invalid_api_key", [(b"www-authenticate", b"Bearer")],
+                                         path)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send, int(declared))
+            return await self._too_large(send, int(declared), path)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True
@@ -145,7 +152,7 @@ class Gate:
                 return  # the client left before sending its body
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                return await self._too_large(send, size)
+                return await self._too_large(send, size, path)
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -160,13 +167,14 @@ class Gate:
 
         return await self.app(scope, replay, send)
 
-    async def _too_large(self, send, size: int):
+    async def _too_large(self, send, size: int, path: str):
         await self._reply(send, 413, f"request body is {size} bytes or more; the limit is {self.max_bytes} "
-                          "(--max-body-mb)", "request_too_large", [(b"connection", b"close")])
+                          "(--max-body-mb)", "request_too_large", [(b"connection", b"close")], path)
 
     @staticmethod
-    async def _reply(send, status: int, message: str, code: str, headers: list):
-        payload = json.dumps(error_body(status, message, code)).encode()
+    async def _reply(send, status: int, message: str, code: str, headers: list, path: str):
+        body = anthropic_error_body(status, message) if path.startswith(ANTHROPIC_PATHS) else error_body(status, message, code)
+        payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode()), *headers]})

@@ -23,22 +23,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.chat.grammar import GrammarError, build_grammar
-from edge.errors import InputError
-from edge.chat.parse import Box, ToolCallDelta
+from edge.chat.grammar import build_grammar
+from edge.errors import GrammarError, RequestError
+from edge.chat.parse import Box, ParseIssue, ToolCallDelta
 from edge.chat.results import ChatDelta, ChatDone, Timings, Usage
 from edge.api.schemas import ChatCompletionRequest
-
-
-class RequestError(InputError):
-    """A request the API refuses; `param` names the offending field (OpenAI's error.param)."""
-
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request_error",
-                 status: int = 400):
-        super().__init__(message)
-        self.param = param
-        self.code = code
-        self.http_status = status
 
 
 @dataclass
@@ -49,7 +38,6 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
-    tool_choice: str = "auto"
 
 
 def _thinking(req: ChatCompletionRequest) -> bool | None:
@@ -180,7 +168,6 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     return Plan(
         messages=_messages(req), tools=prompt_tools, enable_thinking=thinking, overrides=overrides,
         stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        tool_choice=choice,
     )
 
 
@@ -197,14 +184,17 @@ def usage_json(usage: Usage) -> dict:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "image_tokens": usage.image_tokens,
-                                  "text_tokens": usage.prompt_tokens - usage.image_tokens},
+                                  "video_tokens": usage.video_tokens,
+                                  "text_tokens": usage.prompt_tokens - usage.image_tokens - usage.video_tokens},
         "images": usage.images,
+        "videos": usage.videos,
+        "video_frames": usage.video_frames,
     }
 
 
 def timings_json(timings: Timings, usage: Usage, queue_seconds: float) -> dict:
     ms = lambda s: round(s * 1000, 3)  # noqa: E731
-    decoded = usage.prompt_tokens - usage.cached_tokens - usage.image_tokens
+    decoded = usage.prompt_tokens - usage.cached_tokens - usage.image_tokens - usage.video_tokens
     return {
         "queue_ms": ms(queue_seconds),
         "preprocess_ms": ms(timings.preprocess),
@@ -212,7 +202,7 @@ def timings_json(timings: Timings, usage: Usage, queue_seconds: float) -> dict:
         "prefill_ms": ms(timings.prefill),
         "decode_ms": ms(timings.decode),
         "first_token_ms": ms(timings.first_token),
-        "prefill_tokens_per_second": round(timings.prefill_tokens_per_second(max(decoded, 0) + usage.image_tokens), 2),
+        "prefill_tokens_per_second": round(timings.prefill_tokens_per_second(max(decoded, 0) + usage.image_tokens + usage.video_tokens), 2),
         "decode_tokens_per_second": round(timings.decode_tokens_per_second(usage.completion_tokens), 2),
     }
 
@@ -220,6 +210,11 @@ def timings_json(timings: Timings, usage: Usage, queue_seconds: float) -> dict:
 def boxes_json(boxes: list[Box]) -> list[dict]:
     return [{"label": b.label, "box_1000": list(b.box_1000), "box_px": list(b.box_px) if b.box_px else None,
              "image_index": b.image_index} for b in boxes]
+
+
+def issues_json(issues: list[ParseIssue]) -> list[dict]:
+    """Extension: output the parser could not use as the format intends (e.g. a malformed tool call)."""
+    return [{"kind": i.kind, "message": i.message, "raw": i.raw} for i in issues]
 
 
 def finish_reason(done: ChatDone) -> str:
@@ -236,6 +231,8 @@ def completion_json(done: ChatDone, *, completion_id: str, model: str, created: 
         message["tool_calls"] = [c.to_openai() for c in out.tool_calls]
     if out.boxes:
         message["boxes"] = boxes_json(out.boxes)
+    if out.errors:
+        message["parse_errors"] = issues_json(out.errors)
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -290,6 +287,8 @@ class StreamMapper:
         delta: dict[str, Any] = {}
         if done.output.boxes:
             delta["boxes"] = boxes_json(done.output.boxes)
+        if done.output.errors:
+            delta["parse_errors"] = issues_json(done.output.errors)
         timings = timings_json(done.timings, done.usage, queue_seconds)
         chunks = [self._chunk(delta, finish_reason(done), timings=timings)]
         if self.include_usage:

@@ -1,15 +1,14 @@
-"""One generation at a time, in a worker thread, behind a bounded first-in-first-out queue.
+"""Up to `workers` generations at a time (the runtime's --parallel sequences), behind a bounded FIFO queue.
 
-The runtime owns one llama.cpp context (one sequence), so generations are serial. `Scheduler.submit(job)`
-puts a `Job` at the back of the queue or raises `QueueFullError` (HTTP 429) when `max_queue` jobs already
-wait; the worker thread takes jobs in arrival order, iterates the job's event generator (the runtime's
-`stream_chat`) and hands each event to the job's asyncio queue on the server's event loop.
+`Scheduler.submit(job)` puts a `Job` at the back of the queue or raises `QueueFullError` (HTTP 429) when
+`max_queue` jobs already wait; each worker thread takes jobs in arrival order, iterates the job's event
+generator (the runtime's `stream_chat`, which the engine batches with the other running ones) and hands each
+event to the job's asyncio queue on the server's event loop.
 
-Cancellation (`Scheduler.cancel(job)`, e.g. the client went away): a waiting job leaves the queue at once;
-a running job is flagged, and the runtime's llama.cpp decode is aborted (`runtime.abort()`) so that even a
-long prefill stops early; the worker then closes the generator (releasing the runtime's lock) and takes the
-next job. An abort request that arrived too late to stop a decode is cleared before the next job runs, so it
-can never cancel someone else's generation.
+Cancellation (`Scheduler.cancel(job)`, e.g. the client went away): a waiting job leaves the queue at once; a
+running job's `cancel_requested` event is set: the runtime got that event, so its sequence leaves the engine
+at the next step (even during a long prefill) and frees its slot; the worker then closes the generator and
+takes the next job. Only that job's sequence is affected.
 """
 
 from __future__ import annotations
@@ -22,33 +21,22 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from edge.errors import GlmEdgeError
+from edge.errors import DecodeAborted, GlmEdgeError, QueueFullError, ShuttingDownError
 
 log = logging.getLogger(__name__)
 
 EVENT, ERROR, END = "event", "error", "end"
 
 
-class QueueFullError(GlmEdgeError):
-    http_status = 429
-    code = "queue_full"
-
-
-class ShuttingDownError(GlmEdgeError):
-    http_status = 503
-    code = "shutting_down"
-
-
 class Job:
     """One request's generation. Created on the event loop; `events` is read there."""
 
-    def __init__(self, run: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop):
-        self.run = run
+    def __init__(self, start: Callable[[threading.Event], Iterator[Any]], loop: asyncio.AbstractEventLoop):
+        self.start = start  # start(cancel_requested) -> the runtime's event iterator
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.state = "new"  # new, queued, running, done
         self.cancel_requested = threading.Event()
-        self.abort_sent = False
         self.created = time.perf_counter()
         self.started: float | None = None
         self.finished: float | None = None
@@ -70,16 +58,18 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, runtime: Any, max_queue: int = 16, on_finish: Callable[[Job], None] | None = None):
-        self.runtime = runtime
+    def __init__(self, workers: int = 1, max_queue: int = 16, on_finish: Callable[[Job], None] | None = None):
+        self.workers = workers
         self.max_queue = max_queue
         self.on_finish = on_finish
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self._current: Job | None = None
+        self._current: set[Job] = set()
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="glm-edge-generation", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"glm-edge-generation-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def depth(self) -> int:
@@ -87,7 +77,7 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        return 1 if self._current is not None else 0
+        return len(self._current)
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -109,9 +99,6 @@ class Scheduler:
                 job.state = "done"
                 job.outcome = "cancelled"
                 job.emit(END, "cancelled")
-            elif job.state == "running" and self._current is job and not job.abort_sent and not job.outcome:
-                job.abort_sent = True
-                self.runtime.abort()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel waiting ones, stop the running one and join the worker."""
@@ -121,11 +108,12 @@ class Scheduler:
                 job = self._waiting.popleft()
                 job.state = "done"
                 job.emit(ERROR, ShuttingDownError("the server is shutting down"))
-            current = self._current
+            current = list(self._current)
             self._cond.notify_all()
-        if current is not None:
-            self.cancel(current)
-        self._thread.join(timeout)
+        for job in current:
+            self.cancel(job)
+        for thread in self._threads:
+            thread.join(timeout)
 
     # --- worker -------------------------------------------------------------------------------------
 
@@ -139,25 +127,22 @@ class Scheduler:
                 job = self._waiting.popleft()
                 job.state = "running"
                 job.started = time.perf_counter()
-                self._current = job
+                self._current.add(job)
             try:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._current = None
+                    self._current.discard(job)
                     job.state = "done"
                     job.finished = time.perf_counter()
-                    if job.abort_sent:
-                        _clear_abort(self.runtime)
                 if self.on_finish is not None:
                     self.on_finish(job)
 
     def _run(self, job: Job) -> None:
-        from edge.engine.llama import DecodeAborted
 
         gen = None
         try:
-            gen = job.run()
+            gen = job.start(job.cancel_requested)
             for event in gen:
                 if job.cancel_requested.is_set():
                     break
@@ -176,9 +161,3 @@ class Scheduler:
             if gen is not None:
                 gen.close()
 
-
-def _clear_abort(runtime: Any) -> None:
-    """Forget an abort request that no decode consumed (it would cancel the next job's first decode)."""
-    clear = getattr(runtime, "clear_abort", None)  # test doubles of the runtime may not have one
-    if callable(clear):
-        clear()

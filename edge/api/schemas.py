@@ -3,8 +3,8 @@
 Requests ignore fields they do not know (as OpenAI's own server does for forward compatibility); fields we
 know but cannot honour (`n > 1`, `logprobs`) are refused by the request planner with a clear 400.
 Content parts: `text`, `image_url` ({url, detail: low|high|auto, and the extensions max_tokens /
-min_tokens: the image's token budget}) and `image` ({image: data URL or path}, the model family's own
-spelling). Numbers are finite (NaN/Infinity refused).
+min_tokens: the image's token budget}), `image` ({image: data URL or path}, the model family's own
+spelling) and `file` (a PDF, rendered to page images). Numbers are finite (NaN/Infinity refused).
 """
 
 from __future__ import annotations
@@ -49,7 +49,50 @@ class ImagePart(_Model):
     min_tokens: int | None = Field(None, ge=1, le=MAX_INT)
 
 
-ContentPart = Annotated[TextPart | ImageUrlPart | ImagePart, Field(discriminator="type")]
+class VideoUrl(_Model):
+    url: str = Field(min_length=1, description="data:video/...;base64, a path under --media-dir, or http(s) if allowed")
+    fps: float | None = Field(None, gt=0, le=60, description="extension: sampled frames per second of video")
+    max_frames: int | None = Field(None, ge=2, le=MAX_INT, description="extension: most sampled frames")
+    max_video_tokens: int | None = Field(None, ge=2, le=MAX_INT, description="extension: video token budget")
+
+
+class VideoUrlPart(_Model):
+    type: Literal["video_url"]
+    video_url: VideoUrl
+
+
+class VideoPart(_Model):
+    """{"type": "video", "video": "<data URL or path>", fps?, max_frames?, max_video_tokens?}."""
+
+    type: Literal["video"]
+    video: str = Field(min_length=1)
+    fps: float | None = Field(None, gt=0, le=60)
+    max_frames: int | None = Field(None, ge=2, le=MAX_INT)
+    max_video_tokens: int | None = Field(None, ge=2, le=MAX_INT)
+
+
+class FileSpec(_Model):
+    """OpenAI's file part body; a PDF in `file_data` (a data: URL, or a path under --media-dir), rendered to page
+    images. Extensions: the page selection and the per-page token budget."""
+
+    file_data: str | None = Field(None, min_length=1, description="data:application/pdf;base64,... or an allowed path")
+    file_id: str | None = Field(None, description="not supported: this server keeps no uploaded files")
+    filename: str | None = None
+    pages: str | None = Field(None, max_length=200, description='extension: pages to read, e.g. "1-3,5" or "7-"')
+    first_page: int | None = Field(None, ge=1, le=MAX_INT, description="extension: first page to read")
+    last_page: int | None = Field(None, ge=1, le=MAX_INT, description="extension: last page to read")
+    page_tokens: int | None = Field(None, ge=1, le=MAX_INT, description="extension: per-page budget in LLM tokens")
+    min_page_tokens: int | None = Field(None, ge=1, le=MAX_INT,
+                                        description="extension: allow the per-page budget down to this to fit")
+
+
+class FilePart(_Model):
+    type: Literal["file"]
+    file: FileSpec
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart | ImagePart | VideoUrlPart | VideoPart | FilePart,
+                        Field(discriminator="type")]
 
 
 class FunctionCall(_Model):
@@ -215,11 +258,17 @@ class ChatCompletion(BaseModel):
     timings: TimingsOut = Field(description="extension: per-stage timings")
 
 
+class SamplingDefault(BaseModel):
+    value: float | int | bool | None
+    source: str  # "generation_config.json" or "transformers default"
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    sampling_defaults: dict[str, SamplingDefault] | None = None  # extension: effective defaults and their source
 
 
 class ModelList(BaseModel):

@@ -2,7 +2,7 @@
 
 Used by the server for `response_format` (json_object, json_schema) and for forced tool calls
 (`tool_choice: "required"` or a named function). JSON rules come from llama-cpp-python's own
-JSON-schema converter (`llama_cpp.llama_grammar.SchemaConverter`); the tool-call rules write the model's
+JSON-schema converter (`llama_cpp.llama_grammar.SchemaConverter`, through edge.engine.llama); the tool-call rules write the model's
 native format, `<tool_call>{name}\\n<arg_key>k</arg_key>\\n<arg_value>v</arg_value>\\n...</tool_call>`,
 with string values raw and other values as JSON typed by the tool's parameter schema.
 
@@ -21,19 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
-
-from edge.errors import InputError
-
-
-class GrammarError(InputError):
-    """A JSON schema or tool definition cannot be turned into an output grammar."""
-
-    code = "invalid_schema"
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+from edge.engine.llama import SchemaConverter
+from edge.errors import GrammarError
 
 
 _RULE_CHARS = re.compile(r"[^a-zA-Z0-9-]+")

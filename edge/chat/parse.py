@@ -90,7 +90,10 @@ class ToolCallDelta:
 
 
 @dataclass
-class Delta:
+class ChatDelta:
+    """A streamed fragment of parsed output (also the runtime's streaming event); `errors` holds what could not
+    be used as the format intends (a malformed tool call), reported rather than turned into content."""
+
     reasoning: str = ""
     content: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
@@ -207,19 +210,19 @@ class StreamParser:
         self._call_index = 0
         self._reject: _Malformed | None = None
 
-    def feed(self, text: str) -> Delta:
+    def feed(self, text: str) -> ChatDelta:
         if self._finished:
             raise RuntimeError("StreamParser.feed() called after finish()")
-        delta = Delta()
+        delta = ChatDelta()
         for tag, piece in self._scanner.push(text):
             self._handle(tag, piece, delta)
         return delta
 
-    def finish(self) -> Delta:
+    def finish(self) -> ChatDelta:
         """Flush held-back text; an unclosed `<tool_call>` is reported and kept as content."""
         if self._finished:
-            return Delta()
-        delta = Delta()
+            return ChatDelta()
+        delta = ChatDelta()
         for tag, piece in self._scanner.push("", final=True):
             self._handle(tag, piece, delta)
         if self._state == _TOOL:
@@ -241,7 +244,7 @@ class StreamParser:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _handle(self, tag: str | None, piece: str, delta: Delta) -> None:
+    def _handle(self, tag: str | None, piece: str, delta: ChatDelta) -> None:
         if tag in STOP_TOKENS:
             return
         if self._state == _TOOL:
@@ -267,7 +270,7 @@ class StreamParser:
         else:
             self._issue(delta, STRAY_TAG, f"{tag} outside the place the format allows it; removed", tag)
 
-    def _issue(self, delta: Delta, kind: str, message: str, raw: str) -> None:
+    def _issue(self, delta: ChatDelta, kind: str, message: str, raw: str) -> None:
         issue = ParseIssue(kind, message, raw)
         self._errors.append(issue)
         delta.errors.append(issue)
@@ -276,7 +279,7 @@ class StreamParser:
         self._state = _TOOL
         self._body, self._head, self._name_state, self._reject = [], "", "", None
 
-    def _maybe_stream_name(self, piece: str, delta: Delta) -> None:
+    def _maybe_stream_name(self, piece: str, delta: ChatDelta) -> None:
         if self._name_state:
             return
         self._head += piece
@@ -290,7 +293,7 @@ class StreamParser:
         elif len(self._head) > _HEAD_LIMIT:
             self._name_state = "late"
 
-    def _decide_name(self, name: str, delta: Delta) -> bool:
+    def _decide_name(self, name: str, delta: ChatDelta) -> bool:
         try:
             self._check_name(name)
         except _Malformed as bad:
@@ -309,7 +312,7 @@ class StreamParser:
             known = ", ".join(sorted(self._schemas)) or "none"
             raise _Malformed(UNKNOWN_TOOL, f"tool {name!r} is not among the request's tools ({known})")
 
-    def _close_call(self, delta: Delta, closed: bool) -> None:
+    def _close_call(self, delta: ChatDelta, closed: bool) -> None:
         body = "".join(self._body)
         raw = CALL_OPEN + body + (CALL_CLOSE if closed else "")
         self._state = _CONTENT
@@ -491,6 +494,6 @@ def _convert_value(raw: str, types: set[str] | None) -> Any:
 
 
 __all__ = [
-    "Delta", "ParseIssue", "ParsedOutput", "StreamParser", "ToolCall", "ToolCallDelta",
+    "ChatDelta", "ParseIssue", "ParsedOutput", "StreamParser", "ToolCall", "ToolCallDelta",
     "new_call_id", "parse", "STOP_TOKENS", "TAGS",
 ]

@@ -1,6 +1,6 @@
 """What a generation returns: streamed events and the final result (shared by the runtime, CLI and server).
 
-A stream is a sequence of `ChatDelta` events (parsed reasoning/content/tool-call fragments, in order)
+A stream is a sequence of `ChatDelta` events (the parser's reasoning/content/tool-call fragments, in order)
 followed by exactly one `ChatDone` carrying the finish reason, the whole parsed output, token counts
 and per-stage timings.
 """
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge.chat.parse import ParsedOutput, ToolCallDelta
+from edge.chat.parse import ChatDelta, ParsedOutput
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0  # text + image tokens of the prompt
-    image_tokens: int = 0  # of prompt_tokens, those that are image embeddings
+    image_tokens: int = 0  # of prompt_tokens, those that are image embeddings (videos apart)
     cached_tokens: int = 0  # of prompt_tokens, reused from the KV cache of an earlier request
     completion_tokens: int = 0
     images: int = 0
     images_cached: int = 0  # images whose embeddings came from the image cache (no encode)
+    video_tokens: int = 0  # of prompt_tokens, those that are video frame-group embeddings
+    videos: int = 0
+    video_frames: int = 0  # sampled frames (two per frame group)
 
     @property
     def total_tokens(self) -> int:
@@ -41,13 +44,6 @@ class Timings:
 
     def prefill_tokens_per_second(self, tokens: int) -> float:
         return tokens / self.prefill if self.prefill > 0 else 0.0
-
-
-@dataclass
-class ChatDelta:
-    reasoning: str = ""
-    content: str = ""
-    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass

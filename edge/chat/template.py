@@ -5,12 +5,14 @@
 image), tool-call arguments become mappings. It returns the image references in the order the template
 places them. `PromptBuilder` renders with a sandboxed jinja2 environment configured as transformers does
 (trim/lstrip blocks, a non-escaping `tojson`), splits the text at `<|image|>` and tokenises each text piece
-with special tokens parsed; the caller turns each image reference into its embedding chunk.
+with special tokens parsed: the prompt comes out as segments in order (token ids, or an `ImageRef` where
+the image goes); the runtime turns each into an engine chunk.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +22,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from edge.engine.chunks import Chunk
 from edge.errors import InputError, TemplateError
 
 IMAGE_PLACEHOLDER = "<|image|>"
@@ -36,16 +39,20 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
-class TextChunk:
-    tokens: tuple[int, ...]
+class VideoRef:
+    """One video of a request: its source and per-request sampling knobs (None: transformers' behaviour)."""
+
+    source: Any  # bytes or a path (the server has already checked access)
+    fps: float | None = None  # sampled frames per second of video
+    max_frames: int | None = None
+    max_tokens: int | None = None  # video token budget
 
 
-@dataclass(frozen=True)
-class ImageSlot:
-    index: int  # into the request's image list
-
-
-Chunk = TextChunk | ImageSlot
+MediaRef = ImageRef | VideoRef
+Segment = Chunk | ImageRef | VideoRef  # a prompt in template order: a text chunk, or the medium that goes there
+VIDEO_PLACEHOLDER = "<|video|>"
+_PLACEHOLDERS = re.compile(r"(<\|image\|>|<\|video\|>)")
+VIDEO_KNOBS = ("fps", "max_frames", "max_video_tokens")
 
 DETAIL_MAX_TOKENS = {"low": 256, "high": None, "auto": None}
 
@@ -67,13 +74,39 @@ def _image_ref(part: dict) -> ImageRef:
     return ImageRef(source, part.get("min_tokens"), part.get("max_tokens"))
 
 
+def _video_ref(part: dict) -> VideoRef:
+    if part.get("type") == "video_url" or "video_url" in part:
+        spec = part.get("video_url")
+        spec = {"url": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not spec.get("url"):
+            raise InputError("a video_url part needs video_url.url (a data: URL or an allowed path)")
+        source = spec["url"]
+    else:
+        spec, source = part, part.get("video")
+        if source is None:
+            raise InputError("a video part needs a `video` value (bytes or a path)")
+    fps, frames, tokens = (spec.get(k) for k in VIDEO_KNOBS)
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 60):
+        raise InputError(f"video fps is {fps!r}; allowed: a number in (0, 60] (sampled frames per second)")
+    for name, value in (("max_frames", frames), ("max_video_tokens", tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
+            raise InputError(f"video {name} is {value!r}; allowed: an integer >= 2")
+    return VideoRef(source, fps, frames, tokens)
+
+
+def _is_video_part(part: Any) -> bool:
+    return isinstance(part, dict) and (
+        part.get("type") in ("video", "video_url") or "video" in part or "video_url" in part
+    )
+
+
 def _is_image_part(part: Any) -> bool:
     return isinstance(part, dict) and (
         part.get("type") in ("image", "image_url") or "image" in part or "image_url" in part
     )
 
 
-def _normalize_content(content: Any, role: str, images: list[ImageRef]) -> Any:
+def _normalize_content(content: Any, role: str, images: list[MediaRef]) -> Any:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -87,11 +120,17 @@ def _normalize_content(content: Any, role: str, images: list[ImageRef]) -> Any:
                 raise InputError("images in assistant messages are not supported; put them in a user or tool message")
             images.append(_image_ref(part))
             parts.append({"type": "image"})
+        elif _is_video_part(part):
+            if role != "user":
+                raise InputError("videos are supported in user messages only (the model's template renders them there)")
+            images.append(_video_ref(part))
+            parts.append({"type": "video"})
         elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
         else:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise InputError(f"unsupported {role} content part {kind!r}; allowed: text, image_url, image")
+            raise InputError(f"unsupported {role} content part {kind!r}; allowed: text, image_url, image, "
+                             "video_url, video, file")
     return parts
 
 
@@ -113,8 +152,8 @@ def _normalize_tool_calls(calls: Any) -> list[dict]:
     return out
 
 
-def normalize_messages(messages: Sequence[dict]) -> tuple[list[dict], list[ImageRef]]:
-    """Template-ready messages and the images they hold, in template order."""
+def normalize_messages(messages: Sequence[dict]) -> tuple[list[dict], list[MediaRef]]:
+    """Template-ready messages and the media (images, videos) they hold, in template order."""
     if not messages:
         raise InputError("messages must not be empty")
     out, images = [], []
@@ -173,20 +212,24 @@ class PromptBuilder:
             raise TemplateError(f"the chat template rejected these messages: {e}") from e
 
     def build(self, messages: Sequence[dict], tools: list[dict] | None = None, enable_thinking: bool = True
-              ) -> tuple[list[Chunk], list[ImageRef], str]:
-        """(chunks, images, rendered text): text chunks tokenised, one ImageSlot per image in order."""
-        clean, images = normalize_messages(messages)
+              ) -> tuple[list[Segment], list[MediaRef], str]:
+        """(segments, media, rendered text): the prompt in order (text pieces tokenised into text chunks, each
+        image or video as its reference), the media alone, and the text."""
+        clean, media = normalize_messages(messages)
         text = self.render(clean, tools, enable_thinking)
-        pieces = text.split(IMAGE_PLACEHOLDER)
-        if len(pieces) - 1 != len(images):
+        pieces = _PLACEHOLDERS.split(text)  # text, placeholder, text, placeholder, ..., text
+        placed = pieces[1::2]
+        wanted = [IMAGE_PLACEHOLDER if isinstance(m, ImageRef) else VIDEO_PLACEHOLDER for m in media]
+        if placed != wanted:
             raise TemplateError(
-                f"the chat template placed {len(pieces) - 1} image(s) but the messages hold {len(images)}; "
-                "images in this position are not supported by the model's template"
+                f"the chat template placed {placed.count(IMAGE_PLACEHOLDER)} image(s) and "
+                f"{placed.count(VIDEO_PLACEHOLDER)} video(s) but the messages hold {wanted.count(IMAGE_PLACEHOLDER)} "
+                f"and {wanted.count(VIDEO_PLACEHOLDER)}; media in this position are not supported by the model's template"
             )
-        chunks: list[Chunk] = []
-        for i, piece in enumerate(pieces):
+        segments: list[Segment] = []
+        for i, piece in enumerate(pieces[0::2]):
             if piece:
-                chunks.append(TextChunk(tuple(self.tokenize(piece))))
-            if i < len(images):
-                chunks.append(ImageSlot(i))
-        return chunks, images, text
+                segments.append(Chunk.text(self.tokenize(piece)))
+            if i < len(media):
+                segments.append(media[i])
+        return segments, media, text

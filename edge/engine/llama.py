@@ -1,9 +1,10 @@
 """A thin owner of llama.cpp (through llama-cpp-python's low-level API) for the GLM-4 M-RoPE decoder.
 
-It loads the GGUF, creates one context (one sequence), and decodes two kinds of chunks at positions the
-caller chooses: token chunks (1-D positions; llama.cpp broadcasts them to the t/h/w sections) and image
-embedding chunks with section-major 4xN positions held in our own buffer, because `llama_batch_init`
-allocates only N. Inputs longer than `n_batch` are split here: an embedding batch over `n_batch` makes
+It loads the GGUF, creates one context holding `parallel` sequences over one unified KV cache (every
+sequence may use the whole context; together they share its cells), and decodes two kinds of batches at
+positions and sequences the caller chooses: token batches (1-D positions; llama.cpp broadcasts them to the
+t/h/w sections; several sequences may share one batch) and image embedding batches of one sequence with
+section-major 4xN positions held in our own buffer, because `llama_batch_init` allocates only N. Inputs longer than `n_batch` are split here: an embedding batch over `n_batch` makes
 llama.cpp abort the whole process. It knows nothing of chat formats or images; `close()` frees
 everything deterministically (also on garbage collection).
 """
@@ -13,54 +14,27 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import llama_cpp
 import numpy as np
+from llama_cpp.llama_grammar import SchemaConverter  # noqa: F401  (JSON schema -> GBNF, for edge.chat.grammar)
 
-from edge.errors import DecoderError, GlmEdgeError
+from edge.engine.sampling import SamplingParams
+from edge.errors import DecodeAborted, DecoderError, InputError, KVCacheFullError
+from edge.options import Device, FlashAttn, KvType, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-KV_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+KV_TYPES = {KvType.F32: llama_cpp.GGML_TYPE_F32, KvType.F16: llama_cpp.GGML_TYPE_F16,
+            KvType.Q8_0: llama_cpp.GGML_TYPE_Q8_0}
 FLASH_ATTN = {
-    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    FlashAttn.AUTO: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    FlashAttn.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    FlashAttn.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
-DEVICES = ("auto", "cpu", "metal", "cuda")
-
-
-class DecodeAborted(GlmEdgeError):
-    """A decode was aborted on request (client gone, server shutting down)."""
-
-    http_status = 499
-    code = "cancelled"
-
-
-@dataclass(frozen=True)
-class DecoderOptions:
-    n_ctx: int = 8192
-    n_batch: int = 512
-    n_ubatch: int = 512
-    n_threads: int | None = None
-    device: str = "auto"
-    flash_attn: str = "auto"
-    kv_type: str = "f16"
-    mmap: bool = True
-    extra_buffers: bool | None = None  # llama.cpp's repacked/AMX weight buffers; None: on unless the CPU has AMX
-
-    def __post_init__(self):
-        if self.device not in DEVICES:
-            raise DecoderError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
-        if self.kv_type not in KV_TYPES:
-            raise DecoderError(f"KV-cache type {self.kv_type!r} is not one of {', '.join(KV_TYPES)}")
-        if self.flash_attn not in FLASH_ATTN:
-            raise DecoderError(f"flash attention {self.flash_attn!r} is not one of {', '.join(FLASH_ATTN)}")
-        if not 0 < self.n_ubatch <= self.n_batch <= self.n_ctx:
-            raise DecoderError(f"need 0 < n_ubatch ({self.n_ubatch}) <= n_batch ({self.n_batch}) <= n_ctx ({self.n_ctx})")
 
 
 def cpu_has_amx() -> bool:
@@ -73,12 +47,18 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def gpu_layers(device: str) -> int:
-    """llama.cpp offload for a device choice; a GPU choice on a CPU-only build is refused, not ignored."""
-    offload = bool(llama_cpp.llama_supports_gpu_offload())
-    if device == "cpu":
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def gpu_layers(device: Device | str, offload: bool | None = None) -> int:
+    """llama.cpp offload for a device choice; a GPU choice on a CPU-only build is refused, not ignored.
+    `offload`: whether the build can offload (None: ask this llama-cpp-python)."""
+    device = Device.parse(device, "--device")
+    offload = supports_gpu_offload() if offload is None else offload
+    if device == Device.CPU:
         return 0
-    if device == "auto":
+    if device == Device.AUTO:
         return 999 if offload else 0
     if not offload:
         raise DecoderError(
@@ -89,7 +69,7 @@ def gpu_layers(device: str) -> int:
 
 
 class Decoder:
-    def __init__(self, gguf_path: str, options: DecoderOptions = DecoderOptions()):
+    def __init__(self, gguf_path: str, options: RuntimeOptions = RuntimeOptions()):
         self.options = options
         self._model = None
         self._ctx = None
@@ -113,12 +93,13 @@ class Decoder:
         self.n_embd = llama_cpp.llama_model_n_embd(self._model)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
 
-        threads = options.n_threads or os.cpu_count() or 1
+        threads = options.threads or os.cpu_count() or 1
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = options.n_ctx
-        cparams.n_batch = options.n_batch
-        cparams.n_ubatch = options.n_ubatch
-        cparams.n_seq_max = 1
+        cparams.n_ctx = options.ctx_size
+        cparams.n_batch = options.batch_size
+        cparams.n_ubatch = options.ubatch_size
+        cparams.n_seq_max = options.parallel
+        cparams.kv_unified = True
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = KV_TYPES[options.kv_type]
@@ -129,9 +110,10 @@ class Decoder:
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
-            raise DecoderError(f"llama.cpp could not create a context of {options.n_ctx} tokens (out of memory?)")
+            raise DecoderError(f"llama.cpp could not create a context of {options.ctx_size} tokens (out of memory?)")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_seq = options.parallel
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
         self._tok_batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -145,15 +127,10 @@ class Decoder:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
 
-    @property
-    def ctx(self):
-        """The llama_context handle (for samplers)."""
-        return self._ctx
-
-    @property
-    def vocab(self):
-        """The llama_vocab handle (for grammar samplers)."""
-        return self._vocab
+    def sampler(self, params: SamplingParams, history: Sequence[int] = ()) -> Sampler:
+        """A sampler chain for `params` on this context; `history` (the sequence as the reference model's
+        ids) primes the repetition penalty."""
+        return Sampler(self, params, history)
 
     # --- vocabulary -------------------------------------------------------------------------------
 
@@ -184,20 +161,31 @@ class Decoder:
 
     # --- decoding ---------------------------------------------------------------------------------
 
-    def decode_tokens(self, tokens: Sequence[int], start: int, logits_last: bool = True) -> None:
-        """Decode `tokens` at positions start, start+1, ...; logits only for the last one if asked."""
-        batch = self._tok_batch
+    def decode_tokens(self, tokens: Sequence[int], start: int, logits_last: bool = True, seq: int = 0) -> None:
+        """Decode `tokens` of sequence `seq` at positions start, start+1, ...; logits only for the last one if
+        asked."""
         for off in range(0, len(tokens), self.n_batch):
             part = tokens[off : off + self.n_batch]
             last_part = off + self.n_batch >= len(tokens)
-            for i, tok in enumerate(part):
-                batch.token[i] = tok
-                batch.pos[i] = start + off + i
-                batch.logits[i] = 1 if (logits_last and last_part and i == len(part) - 1) else 0
-            batch.n_tokens = len(part)
-            self._decode(batch)
+            self.decode_batch(part, range(start + off, start + off + len(part)), [seq] * len(part),
+                              [logits_last and last_part and i == len(part) - 1 for i in range(len(part))])
 
-    def decode_embeddings(self, embeddings: np.ndarray, positions: np.ndarray) -> None:
+    def decode_batch(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int],
+                     logits: Sequence[bool]) -> None:
+        """One llama_decode of up to n_batch tokens, each with its own position and sequence; the logits of
+        the i-th token (where asked) are then `logits(i)`."""
+        if len(tokens) > self.n_batch:
+            raise DecoderError(f"a batch of {len(tokens)} tokens exceeds n_batch {self.n_batch}")
+        batch = self._tok_batch
+        for i, (tok, pos, seq, want) in enumerate(zip(tokens, positions, seqs, logits)):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = 1 if want else 0
+        batch.n_tokens = len(tokens)
+        self._decode(batch)
+
+    def decode_embeddings(self, embeddings: np.ndarray, positions: np.ndarray, seq: int = 0) -> None:
         """Decode rows of `embeddings` [n, n_embd] at M-RoPE `positions` [4, n] (int32), no logits."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.n_embd:
@@ -214,6 +202,7 @@ class Decoder:
                 ctypes.memmove(self._pos4, pos.ctypes.data, pos.nbytes)
                 for i in range(n):
                     batch.logits[i] = 0
+                    batch.seq_id[i][0] = seq
                 batch.n_tokens = n
                 self._decode(batch)
         finally:
@@ -224,31 +213,27 @@ class Decoder:
         if rc == 2:
             self._abort.clear()
             raise DecodeAborted("generation cancelled")
+        if rc == 1:
+            raise KVCacheFullError(f"the KV cache has no room for a batch of {batch.n_tokens} more tokens")
         if rc != 0:
             raise DecoderError(f"llama_decode failed with code {rc} for a batch of {batch.n_tokens}")
 
-    def logits(self) -> np.ndarray:
-        """Logits of the last token decoded with logits requested (a copy)."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+    def logits(self, i: int = -1) -> np.ndarray:
+        """Logits of the i-th token of the last batch (default: its last one with logits), a copy."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
         if not ptr:
             raise DecoderError("no logits available: decode a token chunk with logits_last=True first")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def truncate(self, position: int) -> None:
-        """Forget every KV cell at `position` or later (0 forgets all)."""
-        if position <= 0:
-            llama_cpp.llama_memory_clear(self._mem, True)
-        elif not llama_cpp.llama_memory_seq_rm(self._mem, 0, position, -1):
-            llama_cpp.llama_memory_clear(self._mem, True)
-            raise DecoderError(f"could not truncate the KV cache at position {position}")
+    def truncate(self, position: int, seq: int = 0) -> None:
+        """Forget every KV cell of sequence `seq` at `position` or later (0: all of its cells)."""
+        if not llama_cpp.llama_memory_seq_rm(self._mem, seq, max(position, 0), -1):
+            llama_cpp.llama_memory_seq_rm(self._mem, seq, 0, -1)
+            raise DecoderError(f"could not truncate the KV cache of sequence {seq} at position {position}")
 
     def request_abort(self) -> None:
-        """Make the running (or next) llama_decode return early; thread-safe."""
+        """Make the running (or next) llama_decode return early (shutdown); thread-safe."""
         self._abort.set()
-
-    def clear_abort(self) -> None:
-        """Forget an abort request that came too late to stop a decode (before the next job starts)."""
-        self._abort.clear()
 
     def close(self) -> None:
         if self._batches:
@@ -271,3 +256,120 @@ class Decoder:
 
     def __del__(self):
         self.close()
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one generation; `sample()` picks from the last logits and accepts.
+
+    Chain: grammar, repetition penalty (primed with the prompt: transformers' semantics), presence/frequency
+    penalties (generated tokens only: OpenAI's), then greedy, or top-k, top-p, min-p, temperature and a
+    seeded draw (transformers' warper order).
+    """
+
+    def __init__(self, decoder: Decoder, params: SamplingParams, history: Sequence[int] = ()):
+        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._ctx = decoder._ctx
+        add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        # llama.cpp keeps the last `last_n` accepted ids; the whole context covers "the sequence so far".
+        last_n = params.penalty_last_n if params.penalty_last_n is not None else decoder.n_ctx
+        if params.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(decoder._vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                raise InputError("the output grammar (from response_format or tool_choice) could not be compiled")
+            add(grammar)
+        if params.repetition_penalty != 1.0:
+            # this llama.cpp build takes n_vocab first
+            repeat = llama_cpp.llama_sampler_init_penalties(decoder.n_vocab, last_n, params.repetition_penalty, 0.0, 0.0)
+            add(repeat)
+            for token in history:  # accepted into this sampler alone, not the grammar
+                llama_cpp.llama_sampler_accept(repeat, token)
+        if params.presence_penalty or params.frequency_penalty:
+            add(llama_cpp.llama_sampler_init_penalties(
+                decoder.n_vocab, last_n, 1.0, params.frequency_penalty, params.presence_penalty))
+        if params.greedy:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0:
+                add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+            add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
+
+    def sample(self, i: int = -1) -> int:
+        """Pick from the logits of the i-th token of the last batch and accept the pick."""
+        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, i)
+
+    def close(self) -> None:
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self):
+        self.close()
+
+
+def quiet_llama_log(keep_levels: tuple[int, ...] = (3, 4)) -> object:
+    """Route llama.cpp's log to stderr for the given levels only (default: GGML_LOG_LEVEL_WARN and _ERROR; ()
+    silences it). Returns the ctypes callback: the caller keeps it alive (the C side holds only a pointer)."""
+
+    def log_cb(level, text, _user):
+        if level in keep_levels and text:
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    callback = llama_cpp.llama_log_callback(log_cb)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
+
+
+_DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+
+
+def ggml_devices() -> list[dict]:
+    """ggml's devices in llama-cpp-python's build (the libggml llama.cpp itself loaded): name, type
+    (cpu/gpu/igpu/accel), backend, description, memory."""
+    from llama_cpp import _ggml
+
+    lib, c = _ggml.libggml, ctypes
+    sigs = {
+        "ggml_backend_dev_count": (c.c_size_t, []),
+        "ggml_backend_dev_get": (c.c_void_p, [c.c_size_t]),
+        "ggml_backend_dev_name": (c.c_char_p, [c.c_void_p]),
+        "ggml_backend_dev_description": (c.c_char_p, [c.c_void_p]),
+        "ggml_backend_dev_type": (c.c_int, [c.c_void_p]),
+        "ggml_backend_dev_backend_reg": (c.c_void_p, [c.c_void_p]),
+        "ggml_backend_reg_name": (c.c_char_p, [c.c_void_p]),
+        "ggml_backend_dev_memory": (None, [c.c_void_p, c.POINTER(c.c_size_t), c.POINTER(c.c_size_t)]),
+    }
+    fns = {}
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+        fns[name] = fn
+    out = []
+    for i in range(fns["ggml_backend_dev_count"]()):
+        dev = fns["ggml_backend_dev_get"](i)
+        free, total = c.c_size_t(0), c.c_size_t(0)
+        fns["ggml_backend_dev_memory"](dev, c.byref(free), c.byref(total))
+        out.append({
+            "name": fns["ggml_backend_dev_name"](dev).decode(),
+            "type": _DEV_TYPES.get(fns["ggml_backend_dev_type"](dev), "other"),
+            "backend": fns["ggml_backend_reg_name"](fns["ggml_backend_dev_backend_reg"](dev)).decode(),
+            "description": fns["ggml_backend_dev_description"](dev).decode(),
+            "memory_total_mib": total.value // 2**20,
+            "memory_free_mib": free.value // 2**20,
+        })
+    return out
+
+
+def system_info() -> dict:
+    """llama-cpp-python's version, GPU offload support and llama.cpp's system line (for the doctor)."""
+    info = llama_cpp.llama_print_system_info()
+    return {
+        "version": llama_cpp.__version__,
+        "gpu_offload": supports_gpu_offload(),
+        "system_info": (info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)).strip(),
+    }

@@ -1,30 +1,44 @@
-"""Sampling parameters and the llama.cpp sampler chain that applies them.
+"""Sampling parameters, with defaults exactly as transformers' `generate` would use them for the checkpoint.
 
-Defaults come from the checkpoint's `generation_config.json` (kept in the bundle manifest). Temperature 0
-means greedy (argmax). Penalties see the generated tokens only. A GBNF grammar, when given, constrains
-the output (used for `response_format`).
+Defaults: the checkpoint's `generation_config.json` (kept in the bundle manifest) where it has a value,
+otherwise transformers' own `GenerationConfig` defaults (`TRANSFORMERS_DEFAULTS`; nothing model-specific is
+written here). `sampling_defaults` also says where each value came from. Greedy (argmax) whenever sampling is
+off (`do_sample` false, transformers' default) or the temperature is 0; a request that sets a temperature
+above 0 turns sampling on, as OpenAI clients expect.
+
+Penalties:
+- `repetition_penalty` has transformers' meaning: every id of the sequence so far, prompt included (media
+  positions count as their placeholder id, as in transformers' `input_ids`), has its logit divided by the
+  penalty when positive and multiplied when negative, once per distinct id.
+- `presence_penalty` / `frequency_penalty` have OpenAI's meaning: subtracted once / once per occurrence,
+  over the generated tokens only.
+- `penalty_last_n`: None (default) looks at the whole sequence; N restricts both kinds to the last N ids.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field, replace
 
-import llama_cpp
-
 from edge.errors import InputError
+
+# transformers.GenerationConfig defaults for the keys sampling uses (transformers 5.x).
+TRANSFORMERS_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50, "min_p": 0.0,
+                         "repetition_penalty": 1.0}
+CHECKPOINT = "generation_config.json"
+TRANSFORMERS = "transformers default"
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8
-    top_p: float = 0.6
-    top_k: int = 2
-    min_p: float = 0.0
-    repetition_penalty: float = 1.1
+    do_sample: bool = TRANSFORMERS_DEFAULTS["do_sample"]
+    temperature: float = TRANSFORMERS_DEFAULTS["temperature"]
+    top_p: float = TRANSFORMERS_DEFAULTS["top_p"]
+    top_k: int = TRANSFORMERS_DEFAULTS["top_k"]
+    min_p: float = TRANSFORMERS_DEFAULTS["min_p"]
+    repetition_penalty: float = TRANSFORMERS_DEFAULTS["repetition_penalty"]
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    penalty_last_n: int = 64
+    penalty_last_n: int | None = None
     seed: int | None = None
     max_tokens: int = 1024
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -39,6 +53,7 @@ class SamplingParams:
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+            (self.penalty_last_n is None or self.penalty_last_n >= 0, "penalty_last_n must be >= 0"),
             (self.max_tokens >= 1, "max_tokens must be >= 1"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
         ]
@@ -46,55 +61,28 @@ class SamplingParams:
             if not ok:
                 raise InputError(message)
 
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
     @classmethod
     def from_generation_config(cls, config: dict) -> SamplingParams:
-        """Defaults as the checkpoint recommends; greedy if it says do_sample=false."""
-        keys = {"temperature", "top_p", "top_k", "repetition_penalty", "min_p"}
-        values = {k: config[k] for k in keys if config.get(k) is not None}
-        if config.get("do_sample") is False:
-            values["temperature"] = 0.0
-        return cls(**values)
+        return sampling_defaults(config)[0]
 
     def with_overrides(self, **overrides) -> SamplingParams:
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with request values; a temperature above 0 turns sampling on, 0 turns it off."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if "temperature" in values and "do_sample" not in values:
+            values["do_sample"] = values["temperature"] > 0
+        return replace(self, **values)
 
 
-class Sampler:
-    """A llama.cpp sampler chain bound to one decoder; `sample()` picks from the last logits and accepts."""
-
-    def __init__(self, decoder, params: SamplingParams):
-        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
-        if params.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(decoder.vocab, params.grammar.encode(), b"root")
-            if not grammar:
-                self.close()
-                raise InputError("the output grammar (from response_format) could not be compiled")
-            add(grammar)
-        if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
-            add(llama_cpp.llama_sampler_init_penalties(  # this llama.cpp build takes n_vocab first
-                decoder.n_vocab, params.penalty_last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
-            ))
-        if params.temperature == 0:
-            add(llama_cpp.llama_sampler_init_greedy())
+def sampling_defaults(config: dict) -> tuple[SamplingParams, dict[str, str]]:
+    """The checkpoint's defaults and, per key, where each came from (CHECKPOINT or TRANSFORMERS)."""
+    values, sources = {}, {}
+    for key, default in TRANSFORMERS_DEFAULTS.items():
+        if config.get(key) is not None:
+            values[key], sources[key] = config[key], CHECKPOINT
         else:
-            if params.top_k > 0:
-                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
-            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            if params.min_p > 0:
-                add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(params.temperature))
-            seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-            add(llama_cpp.llama_sampler_init_dist(ctypes.c_uint32(seed & 0xFFFFFFFF).value))
-        self._ctx = decoder.ctx
-
-    def sample(self) -> int:
-        return llama_cpp.llama_sampler_sample(self._chain, self._ctx, -1)
-
-    def close(self) -> None:
-        if self._chain:
-            llama_cpp.llama_sampler_free(self._chain)
-            self._chain = None
-
-    def __del__(self):
-        self.close()
+            values[key], sources[key] = default, TRANSFORMERS
+    return SamplingParams(**values), sources

@@ -13,16 +13,12 @@ class ImageEmbeddingCache:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> np.ndarray | None:
         value = self._items.get(key)
         if value is None:
-            self.misses += 1
             return None
         self._items.move_to_end(key)
-        self.hits += 1
         return value
 
     def put(self, key: str, value: np.ndarray) -> None:

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from edge.errors import VisionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge.vision.projector import Projector
+    from edge.vision.projector import ProjectorLike
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class VisionEncoder:
 
 
 def image_embeddings(
-    encoder: VisionEncoder, projector: Projector, prepared_patches: np.ndarray, grid_thw
+    encoder: VisionEncoder, projector: ProjectorLike, prepared_patches: np.ndarray, grid_thw
 ) -> np.ndarray:
     """[gh*gw/4, out_hidden] decoder input embeddings of one image: ViT then projector."""
     hidden = encoder.encode(prepared_patches, grid_thw)

@@ -1,6 +1,6 @@
 """ctypes binding of the native ggml projector (`native/`, C API in `native/glm_edge_projector.h`).
 
-`NativeProjector(path, device="auto", threads=None)` has the call interface of `edge.vision.projector.Projector`:
+`NativeProjector(path, device="auto", threads=None)` has the call interface of `edge.vision.numpy_projector.Projector`:
 `__call__([N, hidden] float32) -> [N / merge^2, out_hidden] float32`, plus `hidden_size`, `out_hidden_size`,
 `intermediate_size`, `merge`, `eps`, `types` and `path`; and `backend` (ggml's name for the device doing
 the work: "CPU", "CUDA0", "MTL0", ...), `device_description`, `weight_bytes`, `weight_buffers` (ggml buffer types holding the weights: "CPU",
@@ -23,19 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import BundleError, GlmEdgeError, VisionError
+from edge.errors import BundleError, NativeUnavailableError, VisionError
 
 ABI_VERSION = 1
 ENV_LIBRARY = "GLM_EDGE_NATIVE_LIB"
 LIB_NAME = "libglm_edge_projector.dylib" if sys.platform == "darwin" else "libglm_edge_projector.so"
-NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
 _ERR_LEN = 1024
-
-
-class NativeUnavailableError(GlmEdgeError):
-    """The native projector cannot be used here: library not built, ABI mismatch, or no such ggml device."""
-
-    code = "native_unavailable"
 
 
 def default_library_path() -> Path:
@@ -79,7 +73,7 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
         if not lib_path.is_file():
             raise NativeUnavailableError(f"native projector library {lib_path} is not built (run `make native`)")
         try:
-            import llama_cpp  # noqa: F401  (load llama.cpp's ggml first: the library must share it)
+            import edge.engine.llama  # noqa: F401  (loads llama.cpp's ggml first: the library must share it)
 
             lib = ctypes.CDLL(str(lib_path))
         except (OSError, ImportError) as e:
@@ -98,17 +92,8 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
         return lib
 
 
-def ggml_devices(library: str | Path | None = None) -> list[dict[str, str]]:
-    """ggml's devices in this build ([{name, type, description}], type cpu/gpu/igpu/accel)."""
-    lib = load_library(library)
-    buf = ctypes.create_string_buffer(8192)
-    lib.gep_list_devices(buf, len(buf))
-    rows = [line.split("|", 2) for line in buf.value.decode("utf-8", "replace").splitlines() if line]
-    return [{"name": r[0], "type": r[1], "description": r[2]} for r in rows if len(r) == 3]
-
-
 class NativeProjector:
-    """The projector graph on a ggml backend; same call interface as `edge.vision.projector.Projector`."""
+    """The projector graph on a ggml backend; same call interface as `edge.vision.numpy_projector.Projector`."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  library: str | Path | None = None):
