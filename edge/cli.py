@@ -32,9 +32,13 @@ def _cmd_make_reference(args) -> None:
 
 def _cmd_convert(args) -> None:
     from convert.bundle_writer import convert_checkpoint
+    from edge.hub import is_hub_id, resolve_commit, verified_snapshot
 
+    hf_dir = Path(args.hf_dir)
+    if is_hub_id(args.hf_dir):  # a Hub model id: the verified snapshot in the standard cache
+        hf_dir = verified_snapshot(args.hf_dir, resolve_commit(args.hf_dir, args.revision), progress=not args.quiet)
     path = convert_checkpoint(
-        Path(args.hf_dir), Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
+        hf_dir, Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
         projector_quant=args.projector_quant, mmproj_quants=["F16"] if args.mmproj == [] else (args.mmproj or []), progress=not args.quiet,
     )
     print(path)
@@ -49,7 +53,7 @@ def _cmd_serve(args) -> None:
     from edge.api.app import create_app
     from edge.api.service import ServerSettings, default_threads
 
-    bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet)
+    bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet, revision=args.revision)
     api_key = args.api_key or os.environ.get("GLM_EDGE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model", args.host)
@@ -92,6 +96,9 @@ def _runtime_options(args, threads_default: int | None = None) -> RuntimeOptions
     """RuntimeOptions from the runtime flags: each flag `--x-y` is the field `x_y`."""
     names = [n for n in RuntimeOptions.field_names() if hasattr(args, n)]
     options = RuntimeOptions().with_(**{n: getattr(args, n) for n in names})
+    # refuse what cannot fit only when the user chose the context or KV type; defaults just warn
+    explicit = args.ctx_size is not None or args.kv_type is not None
+    options = options.with_(memory_check=explicit and not args.no_memory_check)
     return options if args.threads else options.with_(threads=threads_default)
 
 
@@ -99,13 +106,13 @@ def _load_runtime(args):
     from edge.demo import resolve_model
     from edge.runtime import Runtime
 
-    bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet)
+    bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet, revision=args.revision)
     return Runtime.load(bundle, _runtime_options(args))
 
 
 def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
     """`chat [BUNDLE] [PROMPT...]`: the first word is the bundle if it is an existing folder."""
-    if words and Path(words[0]).expanduser().is_dir():
+    if words and Path(words[0]).expanduser().is_dir():  # a Hub id goes in --model (a prompt may contain "a/b")
         return words[0], " ".join(words[1:]) or None
     return None, " ".join(words) or None
 
@@ -311,6 +318,15 @@ def _cmd_doctor(args) -> None:
     from edge.doctor import doctor_report, format_report
 
     report = doctor_report()
+    if args.bundle is not None:  # the memory plan of that bundle at 8K / 32K / 128K, per KV type
+        from edge.bundle import load_bundle
+        from edge.memory_plan import format_plan_table, plan_table
+
+        bundle = load_bundle(args.bundle, verify="size")
+        if args.json:
+            report["memory_plan"] = plan_table(bundle)
+        else:
+            print(format_plan_table(bundle) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
@@ -331,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref.set_defaults(func=_cmd_make_reference)
 
     conv = sub.add_parser("convert", help="convert an HF checkpoint folder into a glm-edge bundle")
-    conv.add_argument("hf_dir")
+    conv.add_argument("hf_dir", help="HF checkpoint folder or Hub model id (owner/name)")
+    conv.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id")
     conv.add_argument("out_dir")
     conv.add_argument("--quant", default="Q4_K_M", type=str.upper, help=f"decoder type: {', '.join(ALL_QUANTS)}")
     conv.add_argument("--vision", nargs="+", default=["fp32"], help="vision encoder variants: fp32 fp16 int8")
@@ -351,9 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     doc = sub.add_parser("doctor", help="what this install can run on, per --device choice, and why not")
+    doc.add_argument("bundle", nargs="?", default=None, help="also print this bundle's memory plan (8K/32K/128K)")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.set_defaults(func=_cmd_doctor)
     return parser
+
+
+def _ctx_size(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens or auto") from None
 
 
 def _add_runtime_args(p) -> None:
@@ -361,7 +388,15 @@ def _add_runtime_args(p) -> None:
     d = RuntimeOptions()
     p.add_argument("--device", choices=Device.values(), default=d.device.value,
                    help="where the decoder runs (auto: GPU offload when this llama.cpp build has it)")
-    p.add_argument("--ctx-size", type=int, default=d.ctx_size, help="context window in tokens (text + image tokens)")
+    p.add_argument("--ctx-size", type=_ctx_size, default=None,
+                   help=f"context window in tokens (text + media tokens), or auto: the largest the memory plan fits "
+                        f"(default {d.ctx_size})")
+    p.add_argument("--no-memory-check", dest="no_memory_check", action="store_true",
+                   help="load even when the memory plan says an explicit --ctx-size / --kv-type cannot fit")
+    p.add_argument("--max-image-tokens", type=int, default=None,
+                   help="cap every image's tokens (default: the preprocessor's maximum, as transformers); the "
+                        "memory plan counts the largest image allowed")
+    p.add_argument("--revision", default=None, help="branch, tag or commit when PATH is a Hub model id")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: serve: all cores but one; chat: all cores)")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=d.thinking,
                    help="reasoning on by default (a request can still choose)")
@@ -370,7 +405,8 @@ def _add_runtime_args(p) -> None:
                         "--ctx-size is shared by all of them); default: 4 with GPU offload, 2 on a CPU")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="llama.cpp n_batch")
     p.add_argument("--ubatch-size", type=int, default=d.ubatch_size, help="llama.cpp n_ubatch (at most --batch-size)")
-    p.add_argument("--kv-type", choices=KvType.values(), default=d.kv_type.value, help="KV cache type")
+    p.add_argument("--kv-type", choices=KvType.values(), default=None,
+                   help=f"KV cache type (default {d.kv_type}; auto: f16, or q8_0 when that fits a longer context)")
     p.add_argument("--flash-attn", choices=FlashAttn.values(), default=d.flash_attn.value)
     p.add_argument("--projector", choices=ProjectorEngine.values(), default=d.projector.value,
                    help="projector engine: ggml from the quantized GGUF (auto/native: least memory) or numpy "

@@ -35,10 +35,11 @@ from edge.chat.template import ImageRef, PromptBuilder, VideoRef
 from edge.engine.chunks import Chunk
 from edge.engine.detok import Detokenizer
 from edge.engine.generate import Engine, Finish
-from edge.engine.llama import Decoder, gpu_layers
+from edge.engine.llama import Decoder, ggml_devices, gpu_layers
 from edge.engine.sampling import SamplingParams, sampling_defaults
-from edge.errors import BundleError, ContextOverflowError, VideoTokenBudgetError
-from edge.options import RuntimeOptions, default_parallel
+from edge.errors import BundleError, ContextOverflowError, MemoryPlanError, VideoTokenBudgetError
+from edge.memory_plan import choose_context
+from edge.options import FlashAttn, KvType, ProjectorEngine, RuntimeOptions, default_parallel
 from edge.vision.cache import ImageEmbeddingCache
 from edge.vision.encoder import VisionEncoder, image_embeddings
 from edge.vision.file_parts import expand_documents
@@ -128,10 +129,12 @@ class Runtime:
         """Load and verify a bundle. `options` (or its fields as keywords) pick the device, context, KV type...;
         `engine_factory(decoder, stop_ids)` builds the engine (tests pass a scripted one)."""
         options = (options or RuntimeOptions()).with_(**fields)
+        gpu = gpu_layers(options.device) > 0
         if not options.parallel:
-            options = options.with_(parallel=default_parallel(gpu_layers(options.device) > 0))
+            options = options.with_(parallel=default_parallel(gpu))
         bundle = load_bundle(path, verify=str(options.verify))
         dtype = options.vision_dtype or bundle.vision_variants[0]
+        options = cls._fit_memory(bundle, options, dtype, gpu)
         decoder = Decoder(str(bundle.decoder_path), options)
         try:
             vision = VisionEncoder(bundle.vision_path(dtype), provider=options.vision_provider or options.device.vision_provider,
@@ -143,6 +146,30 @@ class Runtime:
             decoder.close()
             raise
 
+    @staticmethod
+    def _fit_memory(bundle: Bundle, options: RuntimeOptions, dtype: str, gpu: bool) -> RuntimeOptions:
+        """Resolve `--ctx-size auto` / `--kv-type auto` with the memory plan; a choice that cannot fit is refused
+        before loading (MemoryPlanError with the numbers and what would fit) with `memory_check`, else a
+        warning (the plan counts the largest image allowed: see --max-image-tokens)."""
+        vram = None
+        if gpu:
+            free = [d["memory_free_mib"] for d in ggml_devices() if d["type"] in ("gpu", "igpu")]
+            vram = max(free) << 20 if free else None
+        try:
+            ctx, kv, plan = choose_context(
+                bundle, options.ctx_size or "auto", options.kv_type.value, vision_dtype=dtype,
+                projector="numpy" if options.projector == ProjectorEngine.NUMPY else "auto",
+                n_ubatch=options.ubatch_size, flash_attn=options.flash_attn != FlashAttn.OFF, offload=gpu, vram=vram,
+                max_image_tokens=options.max_image_tokens)
+        except MemoryPlanError as e:
+            if options.memory_check or not options.ctx_size or options.kv_type == KvType.AUTO:
+                raise
+            log.warning("memory plan: %s (loading anyway; --ctx-size or --kv-type given explicitly would refuse)", e)
+            return options
+        log.info("memory plan: %s", plan.describe())
+        return options.with_(ctx_size=ctx, kv_type=kv, batch_size=min(options.batch_size, ctx),
+                             ubatch_size=min(options.ubatch_size, ctx))
+
     # --- 1. the prompt --------------------------------------------------------------------------
 
     def prepare(self, ref: ImageRef) -> PreparedImage:
@@ -150,6 +177,9 @@ class Runtime:
 
     def _describe(self, ref: ImageRef) -> Media:
         """An image's chunk; full preprocessing only for an image not seen before."""
+        cap = self.options.max_image_tokens
+        if cap is not None and (ref.max_tokens is None or ref.max_tokens > cap):
+            ref = ImageRef(ref.source, min(ref.min_tokens or 0, cap) or None, cap)
         data = read_source(ref.source, max_bytes=DEFAULT_MAX_BYTES)
         memo = (content_hash(data), ref.min_tokens, ref.max_tokens)
         meta = self._image_meta.get(memo)

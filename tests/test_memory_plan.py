@@ -113,7 +113,7 @@ def rss():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
 
-rt = Runtime.load(sys.argv[1], device="cpu", n_ctx=int(sys.argv[2]), kv_type="f16", vision_dtype="fp32",
+rt = Runtime.load(sys.argv[1], device="cpu", ctx_size=int(sys.argv[2]), kv_type="f16", vision_dtype="fp32", parallel=1,
                   projector="numpy", threads=2)
 rt.chat([{"role": "user", "content": " ".join(f"word{i}" for i in range(600))}], max_tokens=2, temperature=0.0)
 done = rt.chat([{"role": "user", "content": [{"type": "image", "image": png_bytes(448, 448)},
