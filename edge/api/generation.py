@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edge.api.mcp import agent_body
 from edge.api.openai import Plan
@@ -44,6 +45,26 @@ def plan_body(svc: Service, plan: Plan) -> Prepare:
                                                   cancel=cancel, **plan.overrides)
 
     return prepare
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def respond(gen: Generation, stream: bool, events: Callable[[Any], AsyncIterator[bytes]],
+                  to_json: Callable[[ChatDone], dict]) -> Response:
+    """The HTTP answer of a generation in any dialect: `events(first)` as SSE, or `to_json(final event)`;
+    499 when the client left before the first event."""
+    try:
+        first = await gen.first()
+        if stream:
+            return StreamingResponse(events(first), media_type="text/event-stream", headers=SSE_HEADERS)
+        done = await gen.final(first)
+    except Cancelled:
+        return Response(status_code=499)
+    finally:
+        if not stream:
+            await gen.aclose()
+    return JSONResponse(to_json(done))
 
 
 class Cancelled(Exception):

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from edge import __version__
 from edge.api.gate import error_from_exception
-from edge.api.generation import Cancelled, Generation, plan_body
+from edge.api.generation import Generation, plan_body, respond
 from edge.api.mcp import check_mcp, is_step, steps_json
 from edge.api.openai import StreamMapper, completion_json, new_completion_id, plan_request, sse
 from edge.api.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -26,7 +26,6 @@ from edge.errors import ModelNotFoundError
 
 STATIC = Path(__file__).with_name("static")
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 429, 503)}
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()
 
@@ -45,24 +44,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, svc: S
 
     gen = Generation(svc, request, plan_body(svc, plan), route="chat_completions", mode="stream" if plan.stream else "json")
     completion_id = new_completion_id()
-    try:
-        first = await gen.first()
-        if plan.stream:
-            mapper = StreamMapper(completion_id=completion_id, model=body.model, fingerprint=svc.fingerprint,
-                                  include_usage=plan.include_usage)
-            return StreamingResponse(_sse(gen, mapper, first), media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await gen.final(first)
-    except Cancelled:
-        return Response(status_code=499)
-    finally:
-        if not plan.stream:
-            await gen.aclose()
-    out = completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
-                          fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds)
-    steps = steps_json(done)
-    if steps is not None:
-        out["choices"][0]["message"]["mcp_steps"] = steps
-    return JSONResponse(out)
+    mapper = StreamMapper(completion_id=completion_id, model=body.model, fingerprint=svc.fingerprint,
+                          include_usage=plan.include_usage)
+
+    def to_json(done):
+        out = completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
+                              fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds)
+        steps = steps_json(done)
+        if steps is not None:
+            out["choices"][0]["message"]["mcp_steps"] = steps
+        return out
+
+    return await respond(gen, plan.stream, lambda first: _sse(gen, mapper, first), to_json)
 
 
 async def _sse(gen: Generation, mapper: StreamMapper, first):
