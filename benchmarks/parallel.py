@@ -9,7 +9,7 @@ Three parts, each a list of rows tagged `part`:
   repetition. Ours is measured in the steady window where all N streams generate: every generated id is
   timestamped when its consuming thread receives it (the real engine, observed by `StampedEngine`), and the
   window runs from the last stream's first id to the first stream's last id; ids inside / window length.
-  Also the process RSS after loading each N (what a slot costs).
+  Also the process's resident memory after loading each N, all of it (RSS) and allocations only (RssAnon).
 - `ttft`: time to first token of `ttft_clients` clients sending one distinct image each at the same moment,
   parallel=N (one batch) vs parallel=1 (one at a time, today's FIFO), alternating within every repetition.
 - `admission`: inter-token latency of `admission_running` streams while a new long text prompt is admitted
@@ -102,6 +102,15 @@ def steady_rate(stamps: list[list[float]]) -> tuple[float, int, float]:
     return (count / (end - start) if end > start else float("nan")), count, end - start
 
 
+def _anon_mb() -> float:
+    """Anonymous resident memory (RssAnon): allocations only, not the mmapped GGUF pages that RSS also counts."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _percentile(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -115,12 +124,13 @@ def _scaling(cfg: dict) -> list[dict]:
     s, n_new = cfg["settings"], cfg["decode_tokens"]
     runs, discarded = [], []
     for n in cfg["streams"]:
-        rss0 = _rss_mb()
+        rss0, anon0 = _rss_mb(), _anon_mb()
         rt = _load(cfg, n)
-        rss_load = _rss_mb()
+        rss_load, anon_load = _rss_mb(), _anon_mb()
         peer = BatchedPeer(cfg["decoders"][cfg["quant"]], n_seq=n, n_ctx=s["n_ctx"], n_batch=s["n_batch"],
                            n_ubatch=s["n_ubatch"], threads=cfg["threads"], flash_attn=s["flash_attn"],
                            kv_type=s["kv_type"], extra_buffers=rt.decoder.extra_buffers)
+        peer_mb = _anon_mb() - anon_load  # llama.cpp's context for N sequences (KV, output, compute buffers)
         messages = [[{"role": "user", "content": long_text(cfg["stream_words"], seed=100 + i) + "\nContinue."}]
                     for i in range(n)]
         prompts = [[t for c in rt.prompt.build(m, None, False)[0] for t in c.tokens] for m in messages]
@@ -158,7 +168,8 @@ def _scaling(cfg: dict) -> list[dict]:
         # the same ids on both sides (F16 KV: a flipped near-tie is possible; recorded, not required)
         same = sum(a == b for a, b in zip(state.get("ours_ids", []), state.get("peer_ids", [])))
         runs.append({"part": "scaling_memory", "streams": n, "rss_before_mb": rss0, "rss_after_load_mb": rss_load,
-                     "rss_after_runs_mb": _rss_mb(), "ids_equal_peer": same, "prompt_tokens": [len(p) for p in prompts]})
+                     "rss_after_runs_mb": _rss_mb(), "anon_before_mb": anon0, "anon_after_load_mb": anon_load,
+                     "anon_after_runs_mb": _anon_mb(), "peer_context_mb": peer_mb, "ids_equal_peer": same, "prompt_tokens": [len(p) for p in prompts]})
         peer.close()
         rt.close()
     return runs + discarded

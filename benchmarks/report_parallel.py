@@ -29,7 +29,9 @@ def summarize(runs: list[dict]) -> dict:
         if r.get("part") == "scaling":
             out["scaling"].setdefault(r["streams"], {}).setdefault(r["side"], []).append(r["aggregate_tps"])
         elif r.get("part") == "scaling_memory":
-            out["memory"][r["streams"]] = {k: r[k] for k in ("rss_after_load_mb", "rss_after_runs_mb", "ids_equal_peer")}
+            out["memory"][r["streams"]] = {k: r.get(k) for k in ("rss_after_load_mb", "rss_after_runs_mb", "ids_equal_peer",
+                                                                  "anon_before_mb", "anon_after_runs_mb",
+                                                                  "peer_context_mb")}
         elif r.get("part") == "ttft":
             d = out["ttft"].setdefault(r["parallel"], {"first_token_s": [], "total_s": [], "clients": r["clients"],
                                                        "image": r["image"], "image_tokens": r["image_tokens"]})
@@ -84,6 +86,12 @@ def _f(x, digits=2) -> str:
     return "-" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def _allocated(mem: dict) -> float | None:
+    if mem.get("anon_after_runs_mb") is None or mem.get("anon_before_mb") is None:
+        return None
+    return mem["anon_after_runs_mb"] - mem["anon_before_mb"]
+
+
 def markdown(sp: dict) -> list[str]:
     L = ["## Parallel sequences (continuous batching)", ""]
     if sp.get("scaling"):
@@ -92,13 +100,18 @@ def markdown(sp: dict) -> list[str]:
               "GGUF (one llama_batch per step, one token per sequence, greedy), same threads, n_ctx, unified KV, KV type, "
               "flash attention.", "",
               "| streams | ours tok/s | per stream | vs 1 stream | llama.cpp tok/s | vs 1 stream | ours / llama.cpp | "
-              "RSS after load MB | same ids as llama.cpp |", "|---|---|---|---|---|---|---|---|---|"]
+              "RSS after load MB | allocated MB | llama.cpp context MB | same ids as llama.cpp |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, row in sp["scaling"].items():
             o, p, mem = row.get("ours", {}), row.get("llama.cpp", {}), sp["memory"].get(n, {})
             L.append(f"| {n} | {_f(o.get('aggregate_tps'), 1)} | {_f(o.get('per_stream_tps'), 1)} | {_f(o.get('speedup'))}x | "
                      f"{_f(p.get('aggregate_tps'), 1)} | {_f(p.get('speedup'))}x | {_f(row.get('ratio'), 3)}x | "
-                     f"{_f(mem.get('rss_after_load_mb'), 0)} | {mem.get('ids_equal_peer', '-')} of {n} |")
-        L.append("")
+                     f"{_f(mem.get('rss_after_load_mb'), 0)} | {_f(_allocated(mem), 0)} | {_f(mem.get('peer_context_mb'), 0)} | "
+                     f"{mem.get('ids_equal_peer', '-')} of {n} |")
+        L += ["", "RSS counts the mmapped GGUF pages touched so far; allocated = the runtime's anonymous resident "
+              "memory after its runs (RssAnon after - before loading it: KV cache, compute and output buffers, "
+              "vision encoder, projector); llama.cpp context = the peer's context for N sequences alone (RssAnon "
+              "growth when it is created: KV cache, output and compute buffers).", ""]
     if sp.get("ttft"):
         L += ["Time to first token (seconds) of clients sending one distinct image each at the same moment "
               "(pooled over the repetitions); parallel=1 is today's one-at-a-time FIFO.", "",
