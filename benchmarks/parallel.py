@@ -25,7 +25,16 @@ import time
 
 import numpy as np
 
-from benchmarks.scenarios import GREEDY, QUESTION, _reset, _rotate, _rss_mb, _user_image, long_text, measure
+from benchmarks.scenarios import (
+    GREEDY,
+    QUESTION,
+    _reset,
+    _rotate,
+    _rss_mb,
+    _user_image,
+    long_text,
+    measure,
+)
 from edge.engine.generate import Engine
 
 
