@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load")
+ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel")
 
 
 def parse_args(argv=None):
@@ -59,6 +59,9 @@ def plan(args) -> dict:
                 "reps": args.reps or 1, "warmup": 0 if args.warmup is None else args.warmup,
                 "images": {"112x112": (112, 112), "224x168": (224, 168)}, "multiturn_image": "112x112",
                 "prompt_words": 60, "decode_tokens": 8, "answer_tokens": 4, "bandwidth_mb": 64, "bandwidth_passes": 2,
+                "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 8, "stream_words": 12, "ttft_clients": 8,
+                             "ttft_image": (112, 112), "answer_tokens": 4, "admission_words": 60,
+                             "admission_batches": [512, 64], "admission_running": 3, "admission_lead_tokens": 3},
                 "settings": {"n_ctx": 2048, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
     text, vision = (40, 24) if args.full_depth else (args.depth_text, args.depth_vision)
     return {"label": f"real widths, {text} decoder layers / {vision} ViT blocks", "size": "wide", "text_layers": text,
@@ -66,6 +69,11 @@ def plan(args) -> dict:
             # 1008x756 stands for a 1024x768 photo: sides multiples of 28, so both preprocessors give one grid.
             "images": {"448x448": (448, 448), "1008x756": (1008, 756)}, "multiturn_image": "448x448",
             "prompt_words": 400, "decode_tokens": 48, "answer_tokens": 16, "bandwidth_mb": 1024, "bandwidth_passes": 5,
+            # parallel: N streams of short distinct prompts; 8 clients with a 448x448 image each (256 tokens);
+            # a 400-word prompt (about 1070 tokens) admitted beside 3 running streams, chunks of n_batch 512 / 128.
+            "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 64, "stream_words": 20, "ttft_clients": 8,
+                         "ttft_image": (448, 448), "answer_tokens": 16, "admission_words": 400,
+                         "admission_batches": [512, 128], "admission_running": 3, "admission_lead_tokens": 12},
             "settings": {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
 
 
@@ -177,6 +185,8 @@ def main(argv=None) -> int:
                          for d in ("int8", "fp32")]
                 jobs.append({"scenario": name, "side": "llama.cpp", "quant": q, "mmproj_quant": "F16" if q == "Q4_K_M" else "Q8_0",
                              "image": p["multiturn_image"]})
+        elif name == "parallel":
+            jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", **p["parallel"]})
     results: dict = {name: [] for name in scenarios}
     info["worker_seconds"], info["errors"] = {}, []
     for job in jobs:
