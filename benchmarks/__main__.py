@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load")
+ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load", "video", "document")
 
 
 def parse_args(argv=None):
@@ -59,6 +59,8 @@ def plan(args) -> dict:
                 "reps": args.reps or 1, "warmup": 0 if args.warmup is None else args.warmup,
                 "images": {"112x112": (112, 112), "224x168": (224, 168)}, "multiturn_image": "112x112",
                 "prompt_words": 60, "decode_tokens": 8, "answer_tokens": 4, "bandwidth_mb": 64, "bandwidth_passes": 2,
+                "clip": {"width": 100, "height": 70, "fps": 10, "seconds": 2, "warmup_seconds": 1},
+                "document": {"pages": 3, "page_tokens": 64, "kv_types": ("f16",), "kv_dropped_turn": True},
                 "settings": {"n_ctx": 2048, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
     text, vision = (40, 24) if args.full_depth else (args.depth_text, args.depth_vision)
     return {"label": f"real widths, {text} decoder layers / {vision} ViT blocks", "size": "wide", "text_layers": text,
@@ -66,6 +68,9 @@ def plan(args) -> dict:
             # 1008x756 stands for a 1024x768 photo: sides multiples of 28, so both preprocessors give one grid.
             "images": {"448x448": (448, 448), "1008x756": (1008, 756)}, "multiturn_image": "448x448",
             "prompt_words": 400, "decode_tokens": 48, "answer_tokens": 16, "bandwidth_mb": 1024, "bandwidth_passes": 5,
+            # issue 12: a 10 s 640x360 clip at 30 fps; issue 16: 20 pages at the default per-page budget
+            "clip": {"width": 640, "height": 360, "fps": 30, "seconds": 10, "warmup_seconds": 2},
+            "document": {"pages": 20, "page_tokens": None, "kv_types": ("f16", "q8_0"), "kv_dropped_turn": False},
             "settings": {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
 
 
@@ -126,6 +131,7 @@ def main(argv=None) -> int:
     from edge.bundle import load_bundle
 
     spec = Checkpoint(art.checkpoint).spec
+    info["text_layers"] = spec.text.num_layers
     info["model"] = (f"reference checkpoint ({p['size']}): text {spec.text.hidden_size} wide x {spec.text.num_layers} "
                      f"layers, vocab {spec.text.vocab_size}; vision {spec.vision.hidden_size} wide x {spec.vision.depth} "
                      f"blocks, projector {spec.vision.out_hidden_size}/{spec.vision.intermediate_size}")
@@ -177,10 +183,20 @@ def main(argv=None) -> int:
                          for d in ("int8", "fp32")]
                 jobs.append({"scenario": name, "side": "llama.cpp", "quant": q, "mmproj_quant": "F16" if q == "Q4_K_M" else "Q8_0",
                              "image": p["multiturn_image"]})
+        elif name == "video":
+            jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "clip": p["clip"],
+                         "answer_tokens": p["answer_tokens"]})
+        elif name == "document":
+            d = p["document"]
+            jobs += [{"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "pages": d["pages"],
+                      "page_tokens": d["page_tokens"], "kv_dropped_turn": d["kv_dropped_turn"],
+                      "answer_tokens": p["answer_tokens"], "settings": {**s, "kv_type": kv}}
+                     for kv in d["kv_types"]]
     results: dict = {name: [] for name in scenarios}
     info["worker_seconds"], info["errors"] = {}, []
     for job in jobs:
         desc = " ".join(f"{k}={v}" for k, v in job.items() if k in ("scenario", "quant", "side", "vision_dtype"))
+        desc += f" kv={job['settings']['kv_type']}" if "settings" in job else ""
         log(f"running {desc}")
         res = run_worker({**common, **job}, args.timeout, log)
         results[job["scenario"]] += res["runs"]

@@ -10,6 +10,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.media_report import markdown_media, summarize_media
+
 STAGES = ("preprocess", "vision", "prefill")
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "f16c")
 
@@ -106,6 +108,7 @@ def summarize(results: dict, info: dict) -> dict:
     if during:
         s["others_cpu_during"] = {"median": _median(during), "max": max(during), "n": len(during),
                                   "over_0.25": sum(d > 0.25 for d in during)}
+    s.update(summarize_media(results))  # video and document
     s["targets"] = targets(s)
     return s
 
@@ -255,6 +258,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
             L.append(f"| {quant} | {e['bytes_per_token'] / 2**20:.0f} MiB | {_f(e.get('ours_gb_per_s'))} | "
                      f"{_f(e.get('ours_fraction'), 3)} | {_f(e.get('llama.cpp_gb_per_s'))} | {_f(e.get('llama.cpp_fraction'), 3)} |")
         L.append("")
+    L += markdown_media(s, info)
     if charts:
         L += ["## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + [""]
     return "\n".join(L)

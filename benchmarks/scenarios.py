@@ -499,3 +499,7 @@ def run_bandwidth(cfg: dict) -> list[dict]:
 
 SCENARIOS = {"text": run_text, "image": run_image, "transformers": run_transformers, "multiturn": run_multiturn,
              "load": run_load, "bandwidth": run_bandwidth}
+
+from benchmarks.media_scenarios import MEDIA_SCENARIOS  # noqa: E402  (built on the helpers above)
+
+SCENARIOS.update(MEDIA_SCENARIOS)
