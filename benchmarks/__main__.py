@@ -4,6 +4,7 @@
     python -m benchmarks --full-depth          # the real 40 / 24 layers (a big machine; hours on 2 cores)
     python -m benchmarks --quick --out /tmp/b  # tiny model, one repetition (the CI smoke test)
     python -m benchmarks --scenarios text image --reps 5
+    python -m benchmarks --scenarios video document --out benchmarks/results/media   # issues 12 and 16
 
 Prepares what it needs into a cache folder (benchmarks/prepare.py), runs every scenario in its own worker
 process (benchmarks/scenarios.py) and writes into --out: results.json (machine, settings, raw runs,

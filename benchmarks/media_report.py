@@ -132,11 +132,13 @@ def markdown_media(s: dict, info: dict) -> list[str]:
                      f"{t1.get('n', 0)} |")
         L += ["", "### What 128K context costs", "",
               "KV bytes per token = 2 (K and V) x layers x KV heads x head dim x bytes per value, read from the decoder "
-              "GGUF; x 131072 cells. **measured**: RSS a llama.cpp context of 131072 cells adds on this machine, less "
-              f"one of 4096 cells (this GGUF's depth). **planned**: the same per-layer size x {REAL_TEXT_LAYERS} layers "
-              "(the real model), computed, not run here.", "",
-              "| KV cache | bytes per token (this GGUF) | 128K KV, this GGUF (computed) | 131072 - 4096 cells: computed | "
-              f"measured RSS | bytes per token, {REAL_TEXT_LAYERS} layers | 128K KV, {REAL_TEXT_LAYERS} layers (planned) |",
+              "GGUF, x 131072 cells (computed). **measured**: the resident memory (RSS) that creating a llama.cpp "
+              "context of 131072 cells adds on this machine over one of 4096 cells, right after creation (pages of "
+              "the KV buffer that nothing has written yet need not be resident). **planned**: the same per-layer "
+              f"size x {REAL_TEXT_LAYERS} layers (the real model), computed, not run here.", "",
+              "| KV cache | bytes per token (this GGUF) | 128K KV, this GGUF (computed) | 131072 - 4096 cells (computed) | "
+              f"RSS added at creation, 131072 - 4096 cells (measured) | bytes per token, {REAL_TEXT_LAYERS} layers | "
+              f"128K KV, {REAL_TEXT_LAYERS} layers (planned) |",
               "|---|---|---|---|---|---|---|"]
         layers = info.get("text_layers") or 0
         for kv, d in docs.items():
@@ -145,7 +147,7 @@ def markdown_media(s: dict, info: dict) -> list[str]:
                 continue
             real = m["kv_bytes_per_token"] / layers * REAL_TEXT_LAYERS if layers else float("nan")
             L.append(f"| {kv} | {m['kv_bytes_per_token']:.0f} | {m['kv_mib_at_128k']:.0f} MiB | "
-                     f"{m['kv_mib_128k_minus_4096']:.0f} MiB | **{m['rss_128k_minus_4096_mb']:.0f} MB** (measured) | "
+                     f"{m['kv_mib_128k_minus_4096']:.0f} MiB | {m['rss_128k_minus_4096_mb']:.0f} MiB | "
                      f"{real:.0f} | {real * 131072 / 2**30:.2f} GiB (planned) |")
         L.append("")
     return L

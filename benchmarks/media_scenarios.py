@@ -221,8 +221,8 @@ def run_document(cfg: dict) -> list[dict]:
     docs = {rep: text_pdf(cfg["pages"], seed=1 + rep) for rep in range(cfg["reps"])}
     warm = text_pdf(cfg.get("warmup_pages", 2), seed=999)
     options = DocumentOptions(**({"page_tokens": cfg["page_tokens"]} if cfg.get("page_tokens") else {}))
-    timer = PdfRenderer(image_config)  # its own worker: the render time, apart from the runtime's renderer
-    n_ctx = _ctx(timer.render(docs[0], options).n_tokens + 2 * cfg["pages"])
+    with PdfRenderer(image_config) as sizer:  # the context the document needs, before loading the runtime
+        n_ctx = _ctx(sizer.render(docs[0], options).n_tokens + 2 * cfg["pages"])
     rt = _load_runtime({**cfg, "settings": {**cfg["settings"], "n_ctx": n_ctx}}, quant, cfg["vision_dtype"])
     rss_load = _rss_mb()
     runs, discarded = [], []
@@ -249,7 +249,6 @@ def run_document(cfg: dict) -> list[dict]:
                                                 "n_ctx": n_ctx, "kv_type": kv})
     peak = _peak_rss_mb()
     rt.close()
-    timer.close()
     runs.append({"turn": "memory", "kv_type": kv, "rss_after_load_mb": rss_load, "peak_rss_mb": peak, "n_ctx": n_ctx,
                  **context_cost(cfg, quant, kv)})
     return runs + discarded

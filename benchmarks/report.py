@@ -242,7 +242,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
                      f"{_f(r['peak_rss_mb'], 0)} | {_f(r['request_s'])} |")
         L.append("")
     bw = s["bandwidth"]
-    if bw.get("decode"):
+    if bw.get("decode") and (bw.get("runs") or s["text"]):  # nothing to show when neither ran
         L += ["## The physical limit: memory bandwidth", ""]
         if bw.get("runs"):
             L.append("Measured with numpy: " + ", ".join(f"{r['kind']} {r['threads']} thread(s) {r['gb_per_s']:.1f} GB/s"
