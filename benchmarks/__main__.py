@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny model, small inputs, one repetition (smoke test)")
     p.add_argument("--scenarios", nargs="+", choices=ALL, default=list(ALL))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--document-kv", nargs="+", choices=("f16", "q8_0"), default=None,
+                   help="KV cache types of the document scenario (default f16 and q8_0; f16 with --quick)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per scenario worker")
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each timed run, wait up to this many seconds for other processes to leave the CPUs "
@@ -192,7 +194,7 @@ def main(argv=None) -> int:
             jobs += [{"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "pages": d["pages"],
                       "page_tokens": d["page_tokens"], "kv_dropped_turn": d["kv_dropped_turn"],
                       "answer_tokens": p["answer_tokens"], "settings": {**s, "kv_type": kv}}
-                     for kv in d["kv_types"]]
+                     for kv in args.document_kv or d["kv_types"]]
     results: dict = {name: [] for name in scenarios}
     info["worker_seconds"], info["errors"] = {}, []
     for job in jobs:
