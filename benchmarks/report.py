@@ -10,6 +10,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks import report_parallel
 from benchmarks.media_report import markdown_media, summarize_media
 
 STAGES = ("preprocess", "vision", "prefill")
@@ -108,6 +109,7 @@ def summarize(results: dict, info: dict) -> dict:
     if during:
         s["others_cpu_during"] = {"median": _median(during), "max": max(during), "n": len(during),
                                   "over_0.25": sum(d > 0.25 for d in during)}
+    s["parallel"] = report_parallel.summarize(results.get("parallel", []))
     s.update(summarize_media(results))  # video and document
     s["targets"] = targets(s)
     return s
@@ -145,6 +147,7 @@ def targets(s: dict) -> list[dict]:
         add("second turn same image <= 0.1x first", ours["turn2"]["first_token"] / ours["turn1"]["first_token"], 0.1,
             False, f"{ours['turn2']['first_token']:.3f} s vs {ours['turn1']['first_token']:.2f} s",
             ours["turn2"]["best_first_token"] / ours["turn1"]["best_first_token"])
+    report_parallel.targets(s.get("parallel", {}), add)
     return out
 
 
@@ -258,6 +261,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
             L.append(f"| {quant} | {e['bytes_per_token'] / 2**20:.0f} MiB | {_f(e.get('ours_gb_per_s'))} | "
                      f"{_f(e.get('ours_fraction'), 3)} | {_f(e.get('llama.cpp_gb_per_s'))} | {_f(e.get('llama.cpp_fraction'), 3)} |")
         L.append("")
+    L += report_parallel.markdown(s.get("parallel", {}))
     L += markdown_media(s, info)
     if charts:
         L += ["## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + [""]
@@ -330,6 +334,9 @@ def charts(s: dict, out: Path) -> list[str]:
             ax.set_title(title)
         fig.tight_layout()
         files.append(_save(fig, out / "load_memory.png"))
+    parallel = report_parallel.chart(s.get("parallel", {}), out, plt)
+    if parallel:
+        files.append(parallel)
     return files
 
 

@@ -497,8 +497,10 @@ def run_bandwidth(cfg: dict) -> list[dict]:
     return out
 
 
+from benchmarks.parallel import run_parallel  # (at the end: it uses the helpers above)
+
 SCENARIOS = {"text": run_text, "image": run_image, "transformers": run_transformers, "multiturn": run_multiturn,
-             "load": run_load, "bandwidth": run_bandwidth}
+             "load": run_load, "bandwidth": run_bandwidth, "parallel": run_parallel}
 
 from benchmarks.media_scenarios import MEDIA_SCENARIOS  # noqa: E402  (built on the helpers above)
 

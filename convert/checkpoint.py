@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from convert.safetensors_writer import to_bf16_bits
 from edge.errors import CheckpointError
 
 ACCEPTED_ARCHITECTURES = {"Glm4vForConditionalGeneration", "Glm46VForConditionalGeneration"}
@@ -29,6 +31,7 @@ LEGACY_PREFIXES = (
 )
 _DTYPES = {"BF16": None, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 _ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+ROW_BLOCK_BYTES = 64 << 20  # float32 bytes of one row block in iter_rows: bounded conversion memory
 
 
 @dataclass(frozen=True)
@@ -283,15 +286,39 @@ class Checkpoint:
     def _raw(self, info: TensorInfo) -> np.ndarray:
         return np.memmap(info.file, dtype=np.uint8, mode="r", offset=info.start, shape=(info.nbytes,))
 
+    @staticmethod
+    def _float32(info: TensorInfo, raw: np.ndarray) -> np.ndarray:
+        if info.dtype == "BF16":
+            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return raw.view(_DTYPES[info.dtype]).astype(np.float32)
+
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Tensor `name` as a new float32 array; `shape`, when given, is checked."""
         info = self._checked(name, shape)
-        raw = self._raw(info)
-        if info.dtype == "BF16":
-            out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            out = raw.view(_DTYPES[info.dtype]).astype(np.float32)
-        return out.reshape(info.shape)
+        return self._float32(info, self._raw(info)).reshape(info.shape)
+
+    def iter_rows(self, name: str, shape: tuple[int, ...] | None = None, bf16_bits: bool = False,
+                  max_bytes: int | None = None) -> Iterator[np.ndarray]:
+        """Tensor `name` as consecutive blocks of rows (float32, or bf16 bit patterns with `bf16_bits`), each at
+        most about `max_bytes` (default ROW_BLOCK_BYTES) as float32. Read with plain file reads, not a mapping:
+        a 151552 x 4096 table then never sits in memory whole, neither as float32 nor as mapped file pages."""
+        info = self._checked(name, shape)
+        row_shape = info.shape[1:] if len(info.shape) > 1 else info.shape
+        n_rows = info.shape[0] if len(info.shape) > 1 else 1
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * _ITEMSIZE[info.dtype]
+        step = max(1, (max_bytes or ROW_BLOCK_BYTES) // (int(np.prod(row_shape, dtype=np.int64)) * 4))
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            for start in range(0, n_rows, step):
+                count = min(step, n_rows - start)
+                raw = np.fromfile(f, dtype=np.uint8, count=count * row_bytes)
+                if raw.size != count * row_bytes:
+                    raise CheckpointError(f"{info.file}: truncated inside tensor {name}; re-download this shard")
+                if bf16_bits:
+                    block = raw.view(np.uint16) if info.dtype == "BF16" else to_bf16_bits(self._float32(info, raw))
+                else:
+                    block = self._float32(info, raw)
+                yield block.reshape(((count,) if len(info.shape) > 1 else ()) + row_shape)
 
     def get_bf16_bits(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Tensor `name` as bf16 bit patterns (uint16): a read-only file mapping when stored as BF16, so
@@ -299,6 +326,4 @@ class Checkpoint:
         info = self._checked(name, shape)
         if info.dtype == "BF16":
             return self._raw(info).view(np.uint16).reshape(info.shape)
-        from convert.safetensors_writer import to_bf16_bits
-
         return to_bf16_bits(self.get(name)).reshape(info.shape)

@@ -72,15 +72,19 @@ def tensor_map(spec: ModelSpec) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
-def _loader(ckpt: Checkpoint, gguf_name: str, hf_name: str, shape, bf16_bits: bool) -> Callable[[], np.ndarray]:
-    """Load one tensor as float32, or as bf16 bits when writing BF16 matrices; Q/K rows permuted."""
+def _loader(ckpt: Checkpoint, gguf_name: str, hf_name: str, shape, bf16_bits: bool) -> Callable[[], Iterator[np.ndarray]]:
+    """Load one tensor as float32 (or bf16 bits when writing BF16 matrices) in row blocks; Q/K rows permuted.
+
+    Q/K are permuted per head, so they come whole (a few tens of MB at real width); every other tensor comes
+    in blocks of about 64 MB of float32 (Checkpoint.iter_rows), so the 151552 x 4096 tables never sit in RAM."""
     t = ckpt.spec.text
 
-    def load() -> np.ndarray:
-        data = ckpt.get_bf16_bits(hf_name, shape) if bf16_bits else ckpt.get(hf_name, shape)
+    def load() -> Iterator[np.ndarray]:
         if gguf_name.startswith("blk.") and gguf_name.split(".")[2] in ("attn_q", "attn_k"):
-            data = interleaved_to_neox(data, t.head_dim, t.rotary_dims)
-        return data
+            data = ckpt.get_bf16_bits(hf_name, shape) if bf16_bits else ckpt.get(hf_name, shape)
+            yield interleaved_to_neox(data, t.head_dim, t.rotary_dims)
+            return
+        yield from ckpt.iter_rows(hf_name, shape, bf16_bits=bf16_bits)
 
     return load
 
@@ -140,7 +144,7 @@ def config_sha256(ckpt: Checkpoint) -> str:
     return hashlib.sha256((ckpt.path / "config.json").read_bytes()).hexdigest()
 
 
-def iter_tensors(ckpt: Checkpoint, quant: str) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...]]]:
+def iter_tensors(ckpt: Checkpoint, quant: str) -> Iterator[tuple[str, Callable[[], Iterator[np.ndarray]], tuple[int, ...]]]:
     for gguf_name, hf_name, shape in tensor_map(ckpt.spec):
         bf16_bits = quant == "BF16" and len(shape) > 1
         yield gguf_name, _loader(ckpt, gguf_name, hf_name, shape, bf16_bits), shape
@@ -155,7 +159,7 @@ def write_float_gguf(ckpt: Checkpoint, path: Path, quant: str, converter_version
         write_metadata(writer, ckpt, vocab, quant, converter_version)
         plan = [
             (name, shape, gguf.GGMLQuantizationType.F32 if len(shape) == 1 else qtype,
-             lambda load=load: _encode(load(), qtype))
+             lambda load=load: (_encode(block, qtype) for block in load()))
             for name, load, shape in iter_tensors(ckpt, quant)
         ]
         write_streamed(writer, plan, progress.update if progress is not None else None)

@@ -34,6 +34,41 @@ def check_free_space(folder: Path, needed: int) -> None:
         )
 
 
+def vision_weight_counts(ckpt: Checkpoint) -> tuple[int, int]:
+    """(vision tower weights, projector weights): the projector is downsample + merger."""
+    tower = projector = 0
+    for name, info in ckpt.tensors.items():
+        if name.startswith(("model.visual.", "visual.")):
+            n = int(np.prod(info.shape))
+            if ".downsample." in name or ".merger." in name:
+                projector += n
+            else:
+                tower += n
+    return tower, projector
+
+
+# Bytes per weight on disk: the vision encoder per dtype, and what making it needs besides (int8 is quantized
+# from an fp32 file plus onnxruntime's shape-inferred copy of it, both deleted afterwards).
+VISION_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
+VISION_SCRATCH = {"fp32": 0.0, "fp16": 0.0, "int8": 8.0}
+PROJECTOR_BYTES = {"F32": 4.0, "F16": 2.0, "Q8_0": 1.07}
+
+
+def conversion_disk_need(ckpt: Checkpoint, quant: str, vision_dtypes=("fp32",), projector_quant: str = "F16",
+                         mmproj_quants=()) -> int:
+    """Bytes of free disk a whole bundle conversion needs at its peak: every output, plus the largest
+    intermediate alive at one time (the BF16 decoder that llama.cpp quantizes from, or int8's fp32 graph)."""
+    quant = check_quant(quant)
+    n = decoder_weight_count(ckpt)
+    tower, projector = vision_weight_counts(ckpt)
+    outputs = n * BYTES_PER_WEIGHT[quant] + projector * PROJECTOR_BYTES.get(projector_quant, 4.0)
+    outputs += sum(tower * VISION_BYTES[d] for d in dict.fromkeys(vision_dtypes) if d in VISION_BYTES)
+    outputs += sum((tower + projector) * PROJECTOR_BYTES.get(q, 4.0) for q in dict.fromkeys(mmproj_quants))
+    scratch = [0.0 if quant in FLOAT_QUANTS else 2.0 * n]
+    scratch += [tower * VISION_SCRATCH[d] for d in vision_dtypes if d in VISION_SCRATCH]
+    return int(outputs + max(scratch)) + (64 << 20)  # + metadata, tokenizer, manifest
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None

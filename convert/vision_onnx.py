@@ -1,7 +1,7 @@
 """Export the GLM-4.6V vision transformer to ONNX, built node by node from numpy weights (no torch).
 
 `export_vision(ckpt, out_dir, dtype)` writes `vision-encoder-<dtype>.onnx` (plus `.onnx.data` when the
-weights pass 2 GB) and returns the written paths. The graph computes, for one image of N patches:
+weights pass 256 MB) and returns the written paths. The graph computes, for one image of N patches:
 
     patch embed (Conv3d as MatMul) -> RMSNorm -> + pos_interp @ position_table
     -> depth x [x += proj(attn(RMSNorm x)), non-causal, 2-D RoPE; x += down(silu(gate) * up)(RMSNorm x)]
@@ -15,9 +15,12 @@ attention: com.microsoft MultiHeadAttention by default, measured to pay off on C
 (<= 3%) and is not used.
 
 dtypes: `fp32`; `fp16` (fp16 weights and matmul/attention; residual stream, norms, inputs and output
-stay fp32 with Casts at the boundaries, so large activations cannot overflow); `int8` (onnxruntime
-`quantize_dynamic` of the fp32 graph's weight MatMuls, QInt8, per output channel; the patch embedding
-and the position-table product stay fp32). Files appear only when complete (temp dir + rename).
+stay fp32 with Casts at the boundaries, so large activations cannot overflow); `int8` (the weight MatMuls as
+onnxruntime's `quantize_dynamic` writes them: int8 weights with one symmetric scale per output channel,
+DynamicQuantizeLinear of the input, MatMulInteger; the patch embedding and the position-table product stay
+fp32). Weights stream to the `.onnx.data` file as they are made, so memory holds one weight at a time (the
+file is folded back into a single `.onnx` when small enough). Files appear only when complete (temp dir +
+rename).
 """
 
 from __future__ import annotations
@@ -32,13 +35,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert.checkpoint import Checkpoint, VisionSpec
 from edge.errors import ConversionError
-from edge.vision.encoder import INPUT_NAMES, META_PREFIX, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
+from edge.vision.encoder import INPUT_NAMES, OUTPUT_NAME, PATCH_DIM, VisionMeta, io_description
 
 DTYPES = ("fp32", "fp16", "int8")
 OPSET = 17
 IR_VERSION = 8
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights; protobuf cannot serialize past 2 GiB
-_FP32_ONLY_NODES = ("patch_embed.matmul", "pos_embed.matmul")  # kept float by int8 quantization
+# Weights over this many bytes stay in `<file>.data` beside the graph; below it they are folded into one `.onnx`.
+# Folding holds them in memory about three times over (proto, serialization, write), so the bound is well under
+# protobuf's own 2 GiB limit: the real tower's fp32 (2.7 GB), fp16 and int8 files all keep their data file.
+EXTERNAL_DATA_THRESHOLD = 256 << 20
+INLINE_BYTES = 1024  # smaller initializers (shapes, scalars) stay inside the graph, as onnx's size_threshold
+_FP32_ONLY = ("patch_embed",)  # linears kept float in int8 graphs (the position-table product is no linear)
 # Attention implementations. `mha` (com.microsoft MultiHeadAttention, onnxruntime CPU/CUDA/ROCm/DirectML)
 # measured on 2 CPU threads at real widths (hidden 1536, 12 heads), per layer: N=1024 ~5% faster than
 # `standard`; N=8192 2.4x faster and peak memory 1.8 GB instead of 4.5 GB (standard ops materialize
@@ -73,21 +80,42 @@ def describe_io(spec: VisionSpec, dtype: str = "fp32") -> dict:
 
 
 class _Graph:
-    """Accumulates nodes and initializers; every helper returns the name of its output."""
+    """Accumulates nodes and initializers; every helper returns the name of its output.
 
-    def __init__(self, weight_dtype: type):
+    With `data_file`, every initializer of INLINE_BYTES or more is appended to that file as it is made and
+    the graph keeps only a reference (ONNX external data), so building the real 24-block tower holds one
+    weight at a time in memory instead of all 2.7 GB of them (and protobuf's copies of them)."""
+
+    def __init__(self, weight_dtype: type, data_file: Path | None = None, int8: bool = False):
+        self.int8 = int8
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.wdt = weight_dtype
         self.fp16 = weight_dtype == np.float16
         self._n = 0
+        self._data = open(data_file, "wb") if data_file is not None else None
+        self._location = data_file.name if data_file is not None else None
 
     def init(self, name: str, array: np.ndarray, dtype=None) -> str:
         data = np.ascontiguousarray(array, dtype=dtype or self.wdt)
         if data.dtype == np.float16 and not np.isfinite(data).all():
             raise ConversionError(f"weight {name} overflows float16 (max |w| {np.abs(array).max():.3g}); use fp32")
-        self.inits.append(numpy_helper.from_array(data, name))
+        if self._data is None or data.nbytes < INLINE_BYTES:
+            self.inits.append(numpy_helper.from_array(data, name))
+            return name
+        self._data.write(b"\0" * (-self._data.tell() % 64))  # aligned, as onnx's own external-data writer does
+        offset = self._data.tell()
+        data.tofile(self._data)
+        tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(data.dtype),
+                                  dims=data.shape, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self._location), ("offset", str(offset)), ("length", str(data.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        self.inits.append(tensor)
         return name
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
 
     def scalar(self, name: str, value: float, dtype=np.float32) -> str:
         return self.init(name, np.array(value), dtype)
@@ -105,11 +133,29 @@ class _Graph:
         return self.op("Cast", [x], to=TensorProto.FLOAT16 if to_fp16 else TensorProto.FLOAT)
 
     def linear(self, x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
-        """x @ weight.T (+ bias); weight is [out, in] as in the checkpoint."""
-        y = self.op("MatMul", [x, self.init(name + ".weight", weight.T)], name=name + ".matmul")
+        """x @ weight.T (+ bias); weight is [out, in] as in the checkpoint. int8 graphs quantize it (but not
+        the patch embedding, kept float for accuracy)."""
+        if self.int8 and name not in _FP32_ONLY:
+            y = self._int8_matmul(x, weight.T, name)
+        else:
+            y = self.op("MatMul", [x, self.init(name + ".weight", weight.T)], name=name + ".matmul")
         if bias is not None:
             y = self.op("Add", [y, self.init(name + ".bias", bias)], name=name + ".add")
         return y
+
+    def _int8_matmul(self, x: str, w: np.ndarray, name: str) -> str:
+        """x @ w with w [in, out] as int8, one symmetric scale per output column, and x quantized per call to
+        uint8: the nodes onnxruntime's `quantize_dynamic` writes (QInt8, per_channel, symmetric weights), built
+        here one weight at a time instead of loading the whole fp32 graph into its quantizer."""
+        absmax = np.abs(w).max(axis=0)
+        scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        xq, xs, xz = self.op("DynamicQuantizeLinear", [x], name=name + ".quantize_input", n_out=3)
+        wq = self.init(name + ".weight_quantized", q, np.int8)
+        wz = self.init(name + ".weight_zero_point", np.zeros(q.shape[1], np.int8), np.int8)
+        acc = self.op("MatMulInteger", [xq, wq, xz, wz], name=name + ".matmul_integer")
+        scales = self.op("Mul", [xs, self.init(name + ".weight_scale", scale, np.float32)], name=name + ".scales")
+        return self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT), scales], name=name + ".matmul")
 
     def rms_norm(self, x: str, weight: np.ndarray, eps: float, name: str) -> str:
         """fp32 RMSNorm in the Pow/ReduceMean/Add/Sqrt/Div/Mul form onnxruntime fuses."""
@@ -154,21 +200,31 @@ def _attention(g: _Graph, x: str, p: str, ckpt: Checkpoint, spec: VisionSpec, i:
     return g.linear(ctx, ckpt.get(p + "attn.proj.weight", (hd, hd)), f"blk{i}.attn.proj")
 
 
-def build_vision_model(ckpt: Checkpoint, dtype: str = "fp32", attention: str = "mha") -> onnx.ModelProto:
-    """The vision tower as an in-memory ModelProto (`dtype` fp32 or fp16; int8 is made from fp32).
+def build_vision_model(ckpt: Checkpoint, dtype: str = "fp32", attention: str = "mha",
+                       data_file: Path | None = None) -> onnx.ModelProto:
+    """The vision tower as a ModelProto (`dtype` fp32, fp16 or int8).
 
     attention: `mha` (com.microsoft MultiHeadAttention; default, see ATTENTION) or `standard` (plain ops).
+    data_file: where the weights go as they are made (external data; see _Graph); None keeps them in the proto.
     """
-    if dtype not in ("fp32", "fp16"):
-        raise ConversionError(f"graph dtype {dtype!r}: build fp32 or fp16 (int8 is quantized from fp32)")
+    if dtype not in DTYPES:
+        raise ConversionError(f"vision dtype {dtype!r} is not one of {list(DTYPES)}")
     if attention not in ATTENTION:
         raise ConversionError(f"attention {attention!r} is not one of {list(ATTENTION)}")
     spec, p = ckpt.spec.vision, visual_prefix(ckpt)
     meta = vision_meta(spec, dtype)
-    hd, eps, npos = spec.hidden_size, spec.rms_norm_eps, meta.pos_grid**2
     if spec.hidden_size % spec.num_heads:
-        raise ConversionError(f"vision hidden_size {hd} is not a multiple of num_heads {spec.num_heads}")
-    g = _Graph(np.float16 if dtype == "fp16" else np.float32)
+        raise ConversionError(f"vision hidden_size {spec.hidden_size} is not a multiple of num_heads {spec.num_heads}")
+    g = _Graph(np.float16 if dtype == "fp16" else np.float32, data_file, int8=dtype == "int8")
+    try:
+        return _build(ckpt, dtype, attention, spec, p, meta, g)
+    finally:
+        g.close()
+
+
+def _build(ckpt: Checkpoint, dtype: str, attention: str, spec: VisionSpec, p: str, meta: VisionMeta,
+           g: _Graph) -> onnx.ModelProto:
+    hd, eps, npos = spec.hidden_size, spec.rms_norm_eps, meta.pos_grid**2
     i64 = lambda name, v: g.init(name, np.array(v), np.int64)  # noqa: E731
     shapes = {
         "heads": i64("shape.heads", [0, spec.num_heads, spec.head_dim]),
@@ -221,41 +277,16 @@ def build_vision_model(ckpt: Checkpoint, dtype: str = "fp32", attention: str = "
     return model
 
 
-def _weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """onnx.save with external data (`<file>.data`) when the weights would pass protobuf's 2 GiB."""
-    if _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        data = path.name + ".data"
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
-        return [path, path.with_name(data)]
+def _save_streamed(model: onnx.ModelProto, path: Path, data: Path) -> list[Path]:
+    """Save a graph whose weights were streamed to `data`: as one file when they are small enough for
+    protobuf (read back in), else the graph beside its external data file."""
+    if data.stat().st_size <= EXTERNAL_DATA_THRESHOLD:
+        onnx.load_external_data_for_model(model, str(data.parent))
+        data.unlink()
+        onnx.save_model(model, path)
+        return [path]
     onnx.save_model(model, path)
-    return [path]
-
-
-def _quantize_int8(fp32_path: Path, out_path: Path) -> list[Path]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    model = onnx.load(fp32_path, load_external_data=False)
-    exclude = [n.name for n in model.graph.node if n.name in _FP32_ONLY_NODES]
-    large = sum(1 for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL) > 0
-    shaped = fp32_path.with_name("fp32-shaped.onnx")  # shape inference only; the graph is unchanged
-    quant_pre_process(fp32_path, shaped, skip_optimization=True, save_as_external_data=large,
-                      all_tensors_to_one_file=True, external_data_location=shaped.name + ".data")
-    quantize_dynamic(
-        shaped, out_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=exclude, per_channel=True, use_external_data_format=large,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    quantized = onnx.load(out_path)  # int8 weights: about a quarter of fp32, one file again
-    props = {p.key: p.value for p in model.metadata_props} | {META_PREFIX + "dtype": "int8"}
-    del quantized.metadata_props[:]
-    helper.set_model_props(quantized, props)
-    return _save(quantized, out_path)
+    return [path, data]
 
 
 def export_vision(ckpt: Checkpoint, out_dir: str | Path, dtype: str = "fp32", attention: str = "mha") -> list[Path]:
@@ -267,14 +298,11 @@ def export_vision(ckpt: Checkpoint, out_dir: str | Path, dtype: str = "fp32", at
     name = f"vision-encoder-{dtype}.onnx"
     tmp = Path(tempfile.mkdtemp(prefix=".vision-", dir=out_dir))
     try:
-        model = build_vision_model(ckpt, "fp16" if dtype == "fp16" else "fp32", attention)
-        if dtype == "int8":
-            fp32_files = _save(model, tmp / "fp32.onnx")
-            del model
-            files = _quantize_int8(fp32_files[0], tmp / name)
-        else:
-            files = _save(model, tmp / name)
-            del model
+        graph = tmp / name
+        data = graph.with_name(graph.name + ".data")
+        model = build_vision_model(ckpt, dtype, attention, data_file=data)
+        files = _save_streamed(model, graph, data)
+        del model
         onnx.checker.check_model(str(files[0]))
         final = []
         for f in sorted(files, key=lambda f: f.suffix == ".onnx"):  # data file first, graph last

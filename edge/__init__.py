@@ -2,11 +2,14 @@
 
 __version__ = "0.1.0"
 
+# name -> module, imported on first use (`edge.Runtime` without llama.cpp for users of the light modules)
+_LAZY = {"Runtime": "edge.runtime", "run_agent": "edge.chat.agent", "stream_agent": "edge.chat.agent",
+         "McpHost": "edge.chat.mcp_host"}
+
 
 def __getattr__(name):
-    # `edge.Runtime` without importing llama.cpp for users of the light modules (errors, image, parse).
-    if name == "Runtime":
-        from edge.runtime import Runtime
+    if name in _LAZY:
+        import importlib
 
-        return Runtime
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'edge' has no attribute {name!r}")

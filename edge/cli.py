@@ -1,5 +1,7 @@
 """`glm-edge` command line: serve, chat, info, doctor, convert, make-reference.
 
+(Over 400 lines because it is mostly argparse declarations, one block per subcommand; the work is elsewhere.)
+
 Each subcommand parses its arguments here and calls one function elsewhere; errors of the glm-edge tree
 are printed as one line (`glm-edge: error: ...`) with exit status 2, never as a traceback.
 """
@@ -30,9 +32,13 @@ def _cmd_make_reference(args) -> None:
 
 def _cmd_convert(args) -> None:
     from convert.bundle_writer import convert_checkpoint
+    from edge.hub import is_hub_id, resolve_commit, verified_snapshot
 
+    hf_dir = Path(args.hf_dir)
+    if is_hub_id(args.hf_dir):  # a Hub model id: the verified snapshot in the standard cache
+        hf_dir = verified_snapshot(args.hf_dir, resolve_commit(args.hf_dir, args.revision), progress=not args.quiet)
     path = convert_checkpoint(
-        Path(args.hf_dir), Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
+        hf_dir, Path(args.out_dir), quant=args.quant, vision_dtypes=args.vision,
         projector_quant=args.projector_quant, mmproj_quants=["F16"] if args.mmproj == [] else (args.mmproj or []), progress=not args.quiet,
     )
     print(path)
@@ -47,12 +53,16 @@ def _cmd_serve(args) -> None:
     from edge.api.app import create_app
     from edge.api.service import ServerSettings, default_threads
 
-    bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet)
+    bundle = resolve_model(args.path, quant=args.quant, progress=not args.quiet, revision=args.revision)
     api_key = args.api_key or os.environ.get("GLM_EDGE_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model", args.host)
     if args.media_dir is not None and not Path(args.media_dir).is_dir():
         raise InputError(f"--media-dir {args.media_dir}: no such folder")
+    if args.mcp_config is not None:
+        from edge.chat.mcp_config import load_mcp_config
+
+        load_mcp_config(args.mcp_config)  # a bad file is an error now, before the model loads
     settings = ServerSettings(
         bundle=bundle, runtime=_runtime_options(args, threads_default=default_threads()), model_name=args.model_name,
         api_key=api_key, cors_origins=tuple(args.cors_origin or ()),
@@ -61,6 +71,7 @@ def _cmd_serve(args) -> None:
         max_images=args.max_images, max_image_bytes=int(args.max_image_mb * (1 << 20)),
         max_document_bytes=int(args.max_document_mb * (1 << 20)), max_video_bytes=int(args.max_video_mb * (1 << 20)),
         max_body_bytes=int(args.max_body_mb * (1 << 20)), max_queue=args.max_queue, serve_page=not args.no_page,
+        mcp_config=Path(args.mcp_config) if args.mcp_config else None,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -85,6 +96,9 @@ def _runtime_options(args, threads_default: int | None = None) -> RuntimeOptions
     """RuntimeOptions from the runtime flags: each flag `--x-y` is the field `x_y`."""
     names = [n for n in RuntimeOptions.field_names() if hasattr(args, n)]
     options = RuntimeOptions().with_(**{n: getattr(args, n) for n in names})
+    # refuse what cannot fit only when the user chose the context or KV type; defaults just warn
+    explicit = args.ctx_size is not None or args.kv_type is not None
+    options = options.with_(memory_check=explicit and not args.no_memory_check)
     return options if args.threads else options.with_(threads=threads_default)
 
 
@@ -92,15 +106,22 @@ def _load_runtime(args):
     from edge.demo import resolve_model
     from edge.runtime import Runtime
 
-    bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet)
+    bundle = resolve_model(args.bundle, quant=args.quant, progress=not args.quiet, revision=args.revision)
     return Runtime.load(bundle, _runtime_options(args))
 
 
 def _split_chat_args(words: list[str]) -> tuple[str | None, str | None]:
     """`chat [BUNDLE] [PROMPT...]`: the first word is the bundle if it is an existing folder."""
-    if words and Path(words[0]).expanduser().is_dir():
+    if words and Path(words[0]).expanduser().is_dir():  # a Hub id goes in --model (a prompt may contain "a/b")
         return words[0], " ".join(words[1:]) or None
     return None, " ".join(words) or None
+
+
+def _read_image(path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read image {path!r}: {e.strerror or e}") from e
 
 
 def _cmd_chat(args) -> None:
@@ -109,7 +130,17 @@ def _cmd_chat(args) -> None:
     args.bundle, prompt = _split_chat_args(args.words)
     if args.model:
         args.bundle = args.model
-    rt = _load_runtime(args)
+    host = None
+    if args.mcp_config:
+        from edge.mcp_setup import start_mcp_host
+
+        host = start_mcp_host(args.mcp_config)
+    try:
+        rt = _load_runtime(args)
+    except BaseException:
+        if host is not None:
+            host.close()
+        raise
     color = sys.stdout.isatty() and not args.no_color
     dim, reset = ("\033[2m", "\033[0m") if color else ("", "")
     history: list[dict] = []
@@ -123,15 +154,43 @@ def _cmd_chat(args) -> None:
     video_options = {k: v for k, v in (("fps", args.video_fps), ("max_frames", args.max_frames),
                                         ("max_video_tokens", args.max_video_tokens)) if v is not None}
 
+    def events():
+        if host is None:
+            yield from rt.stream_chat(history, enable_thinking=args.thinking, **sampling)
+            return
+        from edge.chat.agent import AgentDone, ToolCallStep, ToolResultStep, describe_step, stream_agent
+        from edge.mcp_setup import media_resolver
+        from edge.media import MediaPolicy
+
+        resolve = media_resolver(MediaPolicy(media_dir=Path(args.media_dir).resolve() if args.media_dir else None))
+        for event in stream_agent(rt, history, host, enable_thinking=args.thinking, resolve=resolve,
+                                  tool_choice=args.tool_choice, **sampling):
+            if isinstance(event, (ToolCallStep, ToolResultStep)):
+                yield describe_step(event)  # one line, printed as it happens
+            elif isinstance(event, AgentDone):
+                history[:] = event.history[:-1]  # the tool turns; the answer is appended below as usual
+                yield ChatDone(event.finish_reason, event.done.output, event.usage, event.done.timings,
+                               event.done.text, event.done.token_ids)
+            elif isinstance(event, ChatDelta):
+                yield event
+
     def turn(text: str, images: list[str], files: list[str] = (), videos: list[str] = ()) -> None:
         parts = [{"type": "file", "file": str(Path(f).expanduser()), **doc_options} for f in files]
         parts += [{"type": "video", "video": str(Path(v).expanduser()), **video_options} for v in videos]
-        parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images] + [{"type": "text", "text": text}]
+        if host is not None:  # the agent names images by their bytes (handles), not by path
+            parts += [{"type": "image", "image": _read_image(i)} for i in images]
+        else:
+            parts += [{"type": "image", "image": str(Path(i).expanduser())} for i in images]
+        parts.append({"type": "text", "text": text})
         history.append({"role": "user", "content": parts if images or files or videos else text})
         in_reasoning = False
         done = None
-        for event in rt.stream_chat(history, enable_thinking=args.thinking, **sampling):
-            if isinstance(event, ChatDelta):
+        for event in events():
+            if isinstance(event, str):
+                sys.stdout.write(("\n" if in_reasoning else "") + f"{dim}{event}{reset}\n")
+                in_reasoning = False
+                sys.stdout.flush()
+            elif isinstance(event, ChatDelta):
                 if event.reasoning and not args.hide_reasoning:
                     if not in_reasoning:
                         sys.stdout.write(dim + ("" if color else "[reasoning] "))
@@ -194,6 +253,8 @@ def _cmd_chat(args) -> None:
             pending, pending_files = [], []
     finally:
         rt.close()
+        if host is not None:
+            host.close()
 
 
 def _human(n: float) -> str:
@@ -257,6 +318,15 @@ def _cmd_doctor(args) -> None:
     from edge.doctor import doctor_report, format_report
 
     report = doctor_report()
+    if args.bundle is not None:  # the memory plan of that bundle at 8K / 32K / 128K, per KV type
+        from edge.bundle import load_bundle
+        from edge.memory_plan import format_plan_table, plan_table
+
+        bundle = load_bundle(args.bundle, verify="size")
+        if args.json:
+            report["memory_plan"] = plan_table(bundle)
+        else:
+            print(format_plan_table(bundle) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
@@ -277,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ref.set_defaults(func=_cmd_make_reference)
 
     conv = sub.add_parser("convert", help="convert an HF checkpoint folder into a glm-edge bundle")
-    conv.add_argument("hf_dir")
+    conv.add_argument("hf_dir", help="HF checkpoint folder or Hub model id (owner/name)")
+    conv.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model id")
     conv.add_argument("out_dir")
     conv.add_argument("--quant", default="Q4_K_M", type=str.upper, help=f"decoder type: {', '.join(ALL_QUANTS)}")
     conv.add_argument("--vision", nargs="+", default=["fp32"], help="vision encoder variants: fp32 fp16 int8")
@@ -297,9 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     doc = sub.add_parser("doctor", help="what this install can run on, per --device choice, and why not")
+    doc.add_argument("bundle", nargs="?", default=None, help="also print this bundle's memory plan (8K/32K/128K)")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.set_defaults(func=_cmd_doctor)
     return parser
+
+
+def _ctx_size(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens or auto") from None
 
 
 def _add_runtime_args(p) -> None:
@@ -307,7 +388,15 @@ def _add_runtime_args(p) -> None:
     d = RuntimeOptions()
     p.add_argument("--device", choices=Device.values(), default=d.device.value,
                    help="where the decoder runs (auto: GPU offload when this llama.cpp build has it)")
-    p.add_argument("--ctx-size", type=int, default=d.ctx_size, help="context window in tokens (text + image tokens)")
+    p.add_argument("--ctx-size", type=_ctx_size, default=None,
+                   help=f"context window in tokens (text + media tokens), or auto: the largest the memory plan fits "
+                        f"(default {d.ctx_size})")
+    p.add_argument("--no-memory-check", dest="no_memory_check", action="store_true",
+                   help="load even when the memory plan says an explicit --ctx-size / --kv-type cannot fit")
+    p.add_argument("--max-image-tokens", type=int, default=None,
+                   help="cap every image's tokens (default: the preprocessor's maximum, as transformers); the "
+                        "memory plan counts the largest image allowed")
+    p.add_argument("--revision", default=None, help="branch, tag or commit when PATH is a Hub model id")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: serve: all cores but one; chat: all cores)")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=d.thinking,
                    help="reasoning on by default (a request can still choose)")
@@ -316,7 +405,8 @@ def _add_runtime_args(p) -> None:
                         "--ctx-size is shared by all of them); default: 4 with GPU offload, 2 on a CPU")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="llama.cpp n_batch")
     p.add_argument("--ubatch-size", type=int, default=d.ubatch_size, help="llama.cpp n_ubatch (at most --batch-size)")
-    p.add_argument("--kv-type", choices=KvType.values(), default=d.kv_type.value, help="KV cache type")
+    p.add_argument("--kv-type", choices=KvType.values(), default=None,
+                   help=f"KV cache type (default {d.kv_type}; auto: f16, or q8_0 when that fits a longer context)")
     p.add_argument("--flash-attn", choices=FlashAttn.values(), default=d.flash_attn.value)
     p.add_argument("--projector", choices=ProjectorEngine.values(), default=d.projector.value,
                    help="projector engine: ggml from the quantized GGUF (auto/native: least memory) or numpy "
@@ -348,6 +438,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting behind the running one (then 429)")
     p.add_argument("--model-name", default="glm-4.6v-flash", help="model id clients send")
     p.add_argument("--no-page", action="store_true", help="do not serve the chat page at /")
+    p.add_argument("--mcp-config", default=None, metavar="FILE",
+                   help='MCP servers whose tools requests may use ({"mcpServers": {...}}; started at launch)')
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_runtime_args(p)
     p.set_defaults(func=_cmd_serve)
@@ -374,6 +466,13 @@ def _add_chat(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stats", action="store_true", help="print token counts and speed after each answer")
+    p.add_argument("--mcp-config", default=None, metavar="FILE",
+                   help="MCP servers the model may call tools of (each call and result is shown)")
+    p.add_argument("--media-dir", default=None,
+                   help="with --mcp-config: folder whose files tool results may link to (default: none)")
+    p.add_argument("--tool-choice", default="auto", metavar="CHOICE",
+                   help="with --mcp-config, for the first model turn of each message: auto, required, none or a "
+                        "tool's name (that call is forced)")
     p.add_argument("--no-color", action="store_true")
     _add_runtime_args(p)
     p.set_defaults(func=_cmd_chat)

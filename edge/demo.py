@@ -7,7 +7,9 @@
 - a folder with `manifest.json`: that bundle;
 - a folder with `config.json` and no manifest: an HF checkpoint, converted once (with progress) into
   `<folder>.glm-edge-<QUANT>` beside it, or under the cache folder when its parent is not writable; a
-  conversion whose source config or converter version changed is redone.
+  conversion whose source config or converter version changed is redone; conversions at other quants beside
+  it lend their vision encoder and projector;
+- a Hub model id (`owner/name`, not an existing path): downloaded and converted once (edge/hub.py).
 Builds happen in a temporary folder renamed into place when complete, so an interrupted build is never
 taken for a finished one and two processes racing build twice at worst.
 """
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 from edge import __version__
@@ -102,8 +105,10 @@ def converted_bundle(hf_dir: Path, quant: str = "Q4_K_M", vision_dtypes=("fp32",
     final.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s into %s (%s); this happens once", hf_dir, final, quant.upper())
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    siblings = [p for p in final.parent.glob(f"{glob_escape(hf_dir.resolve().name)}.glm-edge-*") if p != final]
     try:
-        convert_checkpoint(hf_dir, tmp, quant=quant, vision_dtypes=vision_dtypes, progress=progress)
+        convert_checkpoint(hf_dir, tmp, quant=quant, vision_dtypes=vision_dtypes, progress=progress,
+                           reuse_from=siblings)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -115,15 +120,21 @@ def converted_bundle(hf_dir: Path, quant: str = "Q4_K_M", vision_dtypes=("fp32",
     return _publish(tmp, final)
 
 
-def resolve_model(path: str | os.PathLike | None, quant: str = "Q4_K_M", progress: bool = True) -> Path:
-    """A bundle folder for `path` (see the module doc)."""
+def resolve_model(path: str | os.PathLike | None, quant: str = "Q4_K_M", progress: bool = True,
+                  revision: str | None = None) -> Path:
+    """A bundle folder for `path` (see the module doc); `revision` applies to a Hub model id."""
+    from edge.hub import hub_bundle, is_hub_id
+
     if path is None:
         return demo_bundle(progress=progress)
+    if is_hub_id(path):
+        return hub_bundle(str(path), revision=revision, quant=quant, progress=progress)
     p = Path(path).expanduser()
     if (p / MANIFEST).is_file():
         return p
     if (p / "config.json").is_file():
         return converted_bundle(p, quant=quant, progress=progress)
     if not p.exists():
-        raise BundleError(f"{p}: no such folder; give a glm-edge bundle or an HF checkpoint folder (or nothing for the demo)")
+        raise BundleError(f"{p}: no such folder; give a glm-edge bundle, an HF checkpoint folder, a Hub model id "
+                      "(owner/name) or nothing for the demo")
     raise BundleError(f"{p}: neither a glm-edge bundle (manifest.json) nor an HF checkpoint folder (config.json)")

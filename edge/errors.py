@@ -371,3 +371,27 @@ class VideoTokenBudgetError(VideoError):
 
     def __reduce__(self):  # rebuilt from its numbers if it crosses a process boundary
         return (type(self), (str(self), self.needed, self.allowed, self.frames_that_fit))
+
+
+# --- Hub model ids, memory plan (issue 15) --------------------------------------------------------
+
+
+class HubModelNotFoundError(InputError):
+    """A Hub model id or revision that does not exist (or is private/gated without a token)."""
+
+    http_status = 404
+    code = "model_not_found"
+
+
+class HubDownloadError(BundleError):
+    """A Hub checkpoint could not be downloaded: offline and not cached, no connection, or a corrupted file."""
+
+    http_status = 502
+    code = "download_failed"
+
+
+class MemoryPlanError(InputError):
+    """An explicit context size / KV type whose memory plan does not fit the memory available."""
+
+    http_status = 400
+    code = "insufficient_memory"

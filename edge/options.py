@@ -46,6 +46,9 @@ class Device(Choice):
 
 
 class KvType(Choice):
+    """auto: the memory plan picks f16, or q8_0 when that lets a longer context fit (Runtime.load resolves it)."""
+
+    AUTO = "auto"
     F16 = "f16"
     F32 = "f32"
     Q8_0 = "q8_0"
@@ -78,7 +81,7 @@ class RuntimeOptions:
     """Everything `Runtime.load` needs besides the bundle path."""
 
     device: Device = Device.AUTO
-    ctx_size: int = 8192
+    ctx_size: int = 8192  # 0 (`--ctx-size auto`): the largest context the memory plan fits
     batch_size: int = 512
     ubatch_size: int = 512
     threads: int | None = None  # None: all cores
@@ -93,16 +96,22 @@ class RuntimeOptions:
     image_cache_mb: float = 512.0
     mmap: bool = True
     extra_buffers: bool | None = None  # llama.cpp's repacked/AMX weight buffers; None: on unless the CPU has AMX
+    memory_check: bool = False  # refuse, before loading, a context the plan says cannot fit (False: warn)
+    max_image_tokens: int | None = None  # cap on every image's tokens (None: the preprocessor's max, as HF)
 
     def __post_init__(self):
         for name, kind in (("device", Device), ("kv_type", KvType), ("flash_attn", FlashAttn),
                            ("projector", ProjectorEngine), ("verify", Verify)):
             object.__setattr__(self, name, kind.parse(getattr(self, name), f"--{name.replace('_', '-')}"))
-        if not 0 < self.ubatch_size <= self.batch_size <= self.ctx_size:
+        if self.ctx_size < 0:
+            raise OptionError(f"--ctx-size is {self.ctx_size}; give a number of tokens or auto")
+        if not 0 < self.ubatch_size <= self.batch_size or (self.ctx_size and self.batch_size > self.ctx_size):
             raise OptionError(f"need 0 < --ubatch-size ({self.ubatch_size}) <= --batch-size ({self.batch_size}) "
                              f"<= --ctx-size ({self.ctx_size})")
         if self.parallel < 0:
             raise OptionError(f"--parallel is {self.parallel}; it must be at least 1 (0: the device's default)")
+        if self.max_image_tokens is not None and self.max_image_tokens < 4:
+            raise OptionError(f"--max-image-tokens is {self.max_image_tokens}; it must be at least 4")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads is {self.threads}; it must be at least 1")
 

@@ -35,10 +35,11 @@ from edge.chat.template import ImageRef, PromptBuilder, VideoRef
 from edge.engine.chunks import Chunk
 from edge.engine.detok import Detokenizer
 from edge.engine.generate import Engine, Finish
-from edge.engine.llama import Decoder, gpu_layers
+from edge.engine.llama import Decoder, ggml_devices, gpu_layers
 from edge.engine.sampling import SamplingParams, sampling_defaults
-from edge.errors import BundleError, ContextOverflowError, VideoTokenBudgetError
-from edge.options import RuntimeOptions, default_parallel
+from edge.errors import BundleError, ContextOverflowError, MemoryPlanError, VideoTokenBudgetError
+from edge.memory_plan import choose_context
+from edge.options import FlashAttn, KvType, ProjectorEngine, RuntimeOptions, default_parallel
 from edge.vision.cache import ImageEmbeddingCache
 from edge.vision.encoder import VisionEncoder, image_embeddings
 from edge.vision.file_parts import expand_documents
@@ -115,7 +116,9 @@ class Runtime:
         self.defaults, self.default_sources = sampling_defaults(bundle.manifest.get("generation") or {})
         self.enable_thinking = options.thinking
         self.stats = RuntimeStats()
-        self._lock = threading.Lock()  # the image memo and caches (the engine has its own)
+        # Guards the memos and the embedding cache only: preprocessing and encoding run unlocked, so one
+        # request's long video decode or image encode never holds up another's prompt.
+        self._lock = threading.Lock()
         # (source sha256, token budget) -> (chunk, original size) of images seen before: a later turn about
         # the same image skips decoding and resizing it unless its embedding is needed again.
         self._image_meta: OrderedDict[tuple, tuple[Chunk, tuple[int, int]]] = OrderedDict()
@@ -128,10 +131,12 @@ class Runtime:
         """Load and verify a bundle. `options` (or its fields as keywords) pick the device, context, KV type...;
         `engine_factory(decoder, stop_ids)` builds the engine (tests pass a scripted one)."""
         options = (options or RuntimeOptions()).with_(**fields)
+        gpu = gpu_layers(options.device) > 0
         if not options.parallel:
-            options = options.with_(parallel=default_parallel(gpu_layers(options.device) > 0))
+            options = options.with_(parallel=default_parallel(gpu))
         bundle = load_bundle(path, verify=str(options.verify))
         dtype = options.vision_dtype or bundle.vision_variants[0]
+        options = cls._fit_memory(bundle, options, dtype, gpu)
         decoder = Decoder(str(bundle.decoder_path), options)
         try:
             vision = VisionEncoder(bundle.vision_path(dtype), provider=options.vision_provider or options.device.vision_provider,
@@ -143,6 +148,30 @@ class Runtime:
             decoder.close()
             raise
 
+    @staticmethod
+    def _fit_memory(bundle: Bundle, options: RuntimeOptions, dtype: str, gpu: bool) -> RuntimeOptions:
+        """Resolve `--ctx-size auto` / `--kv-type auto` with the memory plan; a choice that cannot fit is refused
+        before loading (MemoryPlanError with the numbers and what would fit) with `memory_check`, else a
+        warning (the plan counts the largest image allowed: see --max-image-tokens)."""
+        vram = None
+        if gpu:
+            free = [d["memory_free_mib"] for d in ggml_devices() if d["type"] in ("gpu", "igpu")]
+            vram = max(free) << 20 if free else None
+        try:
+            ctx, kv, plan = choose_context(
+                bundle, options.ctx_size or "auto", options.kv_type.value, vision_dtype=dtype,
+                projector="numpy" if options.projector == ProjectorEngine.NUMPY else "auto",
+                n_ubatch=options.ubatch_size, flash_attn=options.flash_attn != FlashAttn.OFF, offload=gpu, vram=vram,
+                max_image_tokens=options.max_image_tokens)
+        except MemoryPlanError as e:
+            if options.memory_check or not options.ctx_size or options.kv_type == KvType.AUTO:
+                raise
+            log.warning("memory plan: %s (loading anyway; --ctx-size or --kv-type given explicitly would refuse)", e)
+            return options
+        log.info("memory plan: %s", plan.describe())
+        return options.with_(ctx_size=ctx, kv_type=kv, batch_size=min(options.batch_size, ctx),
+                             ubatch_size=min(options.ubatch_size, ctx))
+
     # --- 1. the prompt --------------------------------------------------------------------------
 
     def prepare(self, ref: ImageRef) -> PreparedImage:
@@ -150,17 +179,22 @@ class Runtime:
 
     def _describe(self, ref: ImageRef) -> Media:
         """An image's chunk; full preprocessing only for an image not seen before."""
+        cap = self.options.max_image_tokens
+        if cap is not None and (ref.max_tokens is None or ref.max_tokens > cap):
+            ref = ImageRef(ref.source, min(ref.min_tokens or 0, cap) or None, cap)
         data = read_source(ref.source, max_bytes=DEFAULT_MAX_BYTES)
         memo = (content_hash(data), ref.min_tokens, ref.max_tokens)
-        meta = self._image_meta.get(memo)
-        if meta is not None:
-            self._image_meta.move_to_end(memo)
-            return Media(meta[0], meta[1], data, ref)
+        with self._lock:
+            meta = self._image_meta.get(memo)
+            if meta is not None:
+                self._image_meta.move_to_end(memo)
+                return Media(meta[0], meta[1], data, ref)
         image = prepare_image(data, self.image_config, min_tokens=ref.min_tokens, max_tokens=ref.max_tokens)
         chunk = Chunk.media(image.cache_key, image.merged_rows, image.merged_cols, self.bundle.tokens["image"])
-        self._image_meta[memo] = (chunk, image.original_size)
-        while len(self._image_meta) > 1024:
-            self._image_meta.popitem(last=False)
+        with self._lock:
+            self._image_meta[memo] = (chunk, image.original_size)
+            while len(self._image_meta) > 1024:
+                self._image_meta.popitem(last=False)
         return Media(chunk, image.original_size, data, ref, image)
 
     def prepare_video(self, data: bytes, ref: VideoRef) -> PreparedVideo:
@@ -172,16 +206,18 @@ class Runtime:
         tokens (laid out like an image), `<|end_of_image|>` and its timestamp text; decoded only when new."""
         data = read_source(ref.source, max_bytes=VideoLimits.max_bytes)
         memo = (content_hash(data), ref.fps, ref.max_frames, ref.max_tokens)
-        meta = self._video_meta.get(memo)
+        with self._lock:
+            meta = self._video_meta.get(memo)
         video = None
         if meta is None:
             video = self.prepare_video(data, ref)
             groups = [(Chunk.media(g.cache_key, g.merged_rows, g.merged_cols, self.bundle.tokens["image"]),
                        g.timestamp_text) for g in video.groups]
             meta = (groups, (video.metadata.width, video.metadata.height), video.n_frames)
-            self._video_meta[memo] = meta
-            while len(self._video_meta) > 256:
-                self._video_meta.popitem(last=False)
+            with self._lock:
+                self._video_meta[memo] = meta
+                while len(self._video_meta) > 256:
+                    self._video_meta.popitem(last=False)
         groups, size, _ = meta
         out: list[Chunk | Media] = []
         for i, (chunk, stamp) in enumerate(groups):
@@ -247,9 +283,11 @@ class Runtime:
         timings, usage = timings or Timings(), usage or Usage()
         out, videos = {}, {}
         for key in keys:
-            cached = self.image_cache.get(key)
+            with self._lock:
+                cached = self.image_cache.get(key)
+                if cached is not None:
+                    self.stats.image_cache_hits += 1
             if cached is not None:
-                self.stats.image_cache_hits += 1
                 usage.images_cached += 1
                 out[key] = cached
                 continue
@@ -266,8 +304,9 @@ class Runtime:
             start = time.perf_counter()
             out[key] = image_embeddings(self.vision, self.projector, image.pixel_patches, image.grid_thw)
             timings.vision += time.perf_counter() - start
-            self.stats.images_encoded += 1
-            self.image_cache.put(key, out[key])
+            with self._lock:
+                self.stats.images_encoded += 1
+                self.image_cache.put(key, out[key])
         return out
 
     # --- chat -------------------------------------------------------------------------------------
@@ -282,8 +321,7 @@ class Runtime:
         params = (sampling or self.defaults).with_overrides(**overrides)
         timings, usage = Timings(), Usage()
         t = time.perf_counter()
-        with self._lock:
-            prompt = self.build_prompt(messages, tools, thinking)
+        prompt = self.build_prompt(messages, tools, thinking)
         timings.preprocess = time.perf_counter() - t
         # boxes refer to the images; with only videos, to the frames (timestamps: see README, Video)
         parser = StreamParser(reasoning=thinking, tools=tools, image_sizes=prompt.sizes or prompt.video_sizes or None)
@@ -291,8 +329,7 @@ class Runtime:
         pieces: list[str] = []
         lease = self.engine.acquire(prompt.chunks)
         with lease:
-            with self._lock:
-                embeddings = self.embed(prompt, lease.plan.missing_media, timings, usage)
+            embeddings = self.embed(prompt, lease.plan.missing_media, timings, usage)
             detok = Detokenizer(self.decoder.token_bytes, params.stop)
             tokens = lease.run(embeddings, params, finish, cancel)
             try:
@@ -343,6 +380,10 @@ class Runtime:
         return done
 
     def _account(self, usage: Usage, timings: Timings) -> None:
+        with self._lock:
+            self._add(usage, timings)
+
+    def _add(self, usage: Usage, timings: Timings) -> None:
         s = self.stats
         s.requests += 1
         s.prompt_tokens += usage.prompt_tokens

@@ -55,3 +55,36 @@ def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> byte
     buf = io.BytesIO()
     Image.fromarray(pixels, "RGB").convert(mode).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def serve(tiny_bundle):
+    """serve(script, **settings) -> (ThreadServer, engine): a real server whose engine is scripted."""
+    from tests.server_helpers import ScriptedEngine, ThreadServer, scripted_app
+
+    started = []
+
+    def start(script, engine=None, **settings):
+        engine = engine or ScriptedEngine(script)
+        srv = ThreadServer(scripted_app(tiny_bundle, engine, **settings)).__enter__()
+        started.append(srv)
+        return srv, engine
+
+    yield start
+    for srv in started:
+        srv.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tiny_bundle, tmp_path_factory):
+    """A real server for schema fuzzing (small limits so generated requests stay cheap)."""
+    from edge.api.app import create_app
+    from edge.api.service import ServerSettings
+    from edge.options import RuntimeOptions
+    from tests.server_helpers import EXACT, ThreadServer
+
+    media = tmp_path_factory.mktemp("fuzz-media")
+    settings = ServerSettings(bundle=tiny_bundle, media_dir=media, max_images=4, max_body_bytes=1 << 20,
+                              runtime=RuntimeOptions(ctx_size=384, batch_size=384, ubatch_size=384, **EXACT))
+    with ThreadServer(create_app(settings)) as srv:
+        yield srv

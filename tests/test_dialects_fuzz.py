@@ -16,24 +16,11 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the test extra")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from tests.server_helpers import EXACT, MODEL, ThreadServer  # noqa: E402
+from tests.server_helpers import MODEL  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 EXAMPLES = {"positive": 45, "negative": 30}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle, tmp_path_factory):
-    from edge.api.app import create_app
-    from edge.api.service import ServerSettings
-    from edge.options import RuntimeOptions
-
-    media = tmp_path_factory.mktemp("fuzz-media")
-    settings = ServerSettings(bundle=tiny_bundle, media_dir=media, max_images=4, max_body_bytes=1 << 20,
-                              runtime=RuntimeOptions(ctx_size=384, batch_size=384, ubatch_size=384, **EXACT))
-    with ThreadServer(create_app(settings)) as srv:
-        yield srv
 
 
 def openai_shape(body) -> bool:
@@ -47,8 +34,8 @@ def anthropic_shape(body) -> bool:
             and bool(error["message"]))
 
 
-def fuzz(server, path, mode, shape):
-    schema = schemathesis.openapi.from_url(server.base + "/openapi.json")
+def fuzz(fuzz_server, path, mode, shape):
+    schema = schemathesis.openapi.from_url(fuzz_server.base + "/openapi.json")
     strategy = schema[path]["POST"].as_strategy(generation_mode=schemathesis.GenerationMode(mode))
     rng = random.Random(0)
     seen, failures = {}, []
@@ -59,7 +46,7 @@ def fuzz(server, path, mode, shape):
     def run(case):
         if isinstance(case.body, dict) and rng.random() < 0.85:
             case.body["model"] = MODEL
-        response = case.call(base_url=server.base, timeout=60)
+        response = case.call(base_url=fuzz_server.base, timeout=60)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         if response.status_code >= 500:
             failures.append((json.dumps(case.body, default=str)[:500], response.status_code, response.text[:300]))
@@ -74,8 +61,8 @@ def fuzz(server, path, mode, shape):
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("path,shape", [("/v1/responses", openai_shape), ("/v1/messages", anthropic_shape)],
                          ids=["responses", "messages"])
-def test_dialects_never_5xx(server, path, shape, mode):
-    seen = fuzz(server, path, mode, shape)
+def test_dialects_never_5xx(fuzz_server, path, shape, mode):
+    seen = fuzz(fuzz_server, path, mode, shape)
     print(f"\n{path} {mode}: status counts {seen}")
     assert sum(seen.values()) >= EXAMPLES[mode] // 2
     if mode == "positive":

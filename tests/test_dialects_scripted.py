@@ -15,7 +15,7 @@ import pytest
 
 from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
-from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, prompt_text, scripted_app
+from tests.server_helpers import MODEL, ScriptedEngine, data_url, prompt_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,21 +27,6 @@ CALL_PIECES = ["<think>", "I should", " look it up.", "</think>", "\n", "<tool_c
                "<arg_key>", "days", "</arg_key>", "\n", "<arg_value>", "3", "</arg_value>", "\n", "</tool_call>"]
 ARGS = {"city": "Paris", "days": 3}
 IMG, TOOL_IMG = png_bytes(60, 40, seed=3), png_bytes(56, 56, seed=4)
-
-
-@pytest.fixture
-def serve(tiny_bundle):
-    started = []
-
-    def start(script, engine=None, **settings):
-        engine = engine or ScriptedEngine(script)
-        srv = ThreadServer(scripted_app(tiny_bundle, engine, **settings)).__enter__()
-        started.append(srv)
-        return srv, engine
-
-    yield start
-    for srv in started:
-        srv.__exit__(None, None, None)
 
 
 def named_events(base, path, body):

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edge.chat.agent import AgentDone, ToolCallStep, ToolResultStep, run_agent, step_json, stream_agent
+from edge.chat.agent import AgentDone, ToolCallStep, run_agent, step_json, stream_agent
 from edge.chat.mcp_config import parse_mcp_config
 from edge.chat.mcp_host import McpHost
 from edge.chat.results import ChatDelta

@@ -15,28 +15,15 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the test extra")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from tests.server_helpers import EXACT, MODEL, ThreadServer  # noqa: E402
+from tests.server_helpers import MODEL  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 EXAMPLES = {"positive": 60, "negative": 40}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle, tmp_path_factory):
-    from edge.api.app import create_app
-    from edge.api.service import ServerSettings
-    from edge.options import RuntimeOptions
-
-    media = tmp_path_factory.mktemp("fuzz-media")
-    settings = ServerSettings(bundle=tiny_bundle, media_dir=media, max_images=4, max_body_bytes=1 << 20,
-                              runtime=RuntimeOptions(ctx_size=384, batch_size=384, ubatch_size=384, **EXACT))
-    with ThreadServer(create_app(settings)) as srv:
-        yield srv
-
-
-def _fuzz(server, path, method, mode):
-    schema = schemathesis.openapi.from_url(server.base + "/openapi.json")
+def _fuzz(fuzz_server, path, method, mode):
+    schema = schemathesis.openapi.from_url(fuzz_server.base + "/openapi.json")
     operation = schema[path][method]
     strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
     rng = random.Random(0)
@@ -48,7 +35,7 @@ def _fuzz(server, path, method, mode):
     def run(case):
         if isinstance(case.body, dict) and rng.random() < 0.85:
             case.body["model"] = MODEL
-        response = case.call(base_url=server.base, timeout=60)
+        response = case.call(base_url=fuzz_server.base, timeout=60)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         if response.status_code >= 500:
             failures.append((json.dumps(case.body, default=str)[:500], response.status_code, response.text[:300]))
@@ -62,14 +49,14 @@ def _fuzz(server, path, method, mode):
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_chat_completions_never_5xx(server, mode):
-    seen = _fuzz(server, "/v1/chat/completions", "POST", mode)
+def test_chat_completions_never_5xx(fuzz_server, mode):
+    seen = _fuzz(fuzz_server, "/v1/chat/completions", "POST", mode)
     print(f"\n{mode}: status counts {seen}")
     assert sum(seen.values()) >= EXAMPLES[mode] // 2
     if mode == "positive":
         assert seen.get(200, 0) > 0, seen  # the fuzzer reached generation, not only validation
 
 
-def test_get_endpoints_never_5xx(server):
+def test_get_endpoints_never_5xx(fuzz_server):
     for path in ("/v1/models", "/health", "/metrics"):
-        _fuzz(server, path, "GET", "positive")
+        _fuzz(fuzz_server, path, "GET", "positive")

@@ -14,7 +14,7 @@ import pytest
 
 from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
-from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, prompt_text, scripted_app, sse_events
+from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, prompt_text, sse_events
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,22 +26,6 @@ NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "o
 CALL_PIECES = ["<think>", "I should", " look it up.", "</think>", "\n", "<tool_call>", "get_wea", "ther", "\n",
                "<arg_key>", "city", "</arg_key>", "\n", "<arg_value>", "Paris", "</arg_value>", "\n",
                "<arg_key>", "days", "</arg_key>", "\n", "<arg_value>", "3", "</arg_value>", "\n", "</tool_call>"]
-
-
-@pytest.fixture
-def serve(tiny_bundle):
-    """serve(script, **settings) -> (ThreadServer, engine) for the duration of the test."""
-    started = []
-
-    def start(script, engine=None, **settings):
-        engine = engine or ScriptedEngine(script)
-        srv = ThreadServer(scripted_app(tiny_bundle, engine, **settings)).__enter__()
-        started.append(srv)
-        return srv, engine
-
-    yield start
-    for srv in started:
-        srv.__exit__(None, None, None)
 
 
 def chat_body(**kw):

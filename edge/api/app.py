@@ -3,7 +3,8 @@
 Routes (edge/api/routes.py): POST /v1/chat/completions (JSON or SSE), GET /v1/models, GET /health, GET /metrics,
 GET / (chat page). The runtime is loaded in the app's lifespan, in a background thread (so /health can answer
 "loading"), by `runtime_factory(settings)`; routes reach it through dependencies (`get_service`), never through
-module state, and tests pass their own factory. Generation is serialised by `edge.api.scheduler` (FIFO,
+module state, and tests pass their own factory. With `--mcp-config` the MCP host starts in that same load
+(`Service.load`) and closes at the lifespan's end (`Service.close`). Generation is serialised by `edge.api.scheduler` (FIFO,
 bounded, 429 when full, cancelled when the client disconnects). Every error leaves in OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`; bad input is never a 5xx.
 """

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,10 +27,11 @@ from edge.api import anthropic, responses
 from edge.api.anthropic_schemas import AnthropicError, MessagesRequest
 from edge.api.fields import validation_error
 from edge.api.gate import anthropic_error_body, error_body, error_from_exception
-from edge.api.generation import Cancelled, Generation, plan_body
+from edge.api.generation import Generation, plan_body, respond
+from edge.api.mcp import check_mcp
 from edge.api.openai import Plan
 from edge.api.responses_schemas import ResponsesRequest
-from edge.api.routes import ERRORS, SSE_HEADERS, check_model
+from edge.api.routes import ERRORS, check_model
 from edge.api.service import Service, ready_service
 from edge.api.token_facts import detokenizer
 from edge.chat.results import ChatDone
@@ -68,18 +69,7 @@ async def _run(svc: Service, request: Request, plan: Plan, route: str, mapper: A
                to_json: Callable[[ChatDone], dict], on_error: Callable[[BaseException], list[dict]]) -> Response:
     """Generate `plan`: a named-event SSE stream through `mapper`, or `to_json(done)`; 499 when the client left."""
     gen = Generation(svc, request, plan_body(svc, plan), route=route, mode="stream" if plan.stream else "json")
-    try:
-        first = await gen.first()
-        if plan.stream:
-            return StreamingResponse(_sse(gen, mapper, first, on_error), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
-        done = await gen.final(first)
-    except Cancelled:
-        return Response(status_code=499)
-    finally:
-        if not plan.stream:
-            await gen.aclose()
-    return JSONResponse(to_json(done))
+    return await respond(gen, plan.stream, lambda first: _sse(gen, mapper, first, on_error), to_json)
 
 
 async def _sse(gen: Generation, mapper: Any, first: Any, on_error: Callable[[BaseException], list[dict]]
@@ -130,10 +120,11 @@ responses_router = APIRouter(route_class=route_class(_openai_validation))
 async def create_response(body: ResponsesRequest, request: Request, svc: Service = Depends(ready_service)):
     check_model(svc, body.model)
     plan = responses.plan_responses(body, default_thinking=svc.settings.runtime.thinking)
+    check_mcp(svc, plan)
     base = responses.shell(body, response_id=responses.new_id("resp"), model=body.model)
     summary = bool(body.reasoning and body.reasoning.summary)
     detok = detokenizer(svc.runtime)
-    mapper = responses.ResponsesStream(base, detok, summary)
+    mapper = responses.ResponsesStream(base, detok, summary, plan.mcp.tools if plan.mcp else None)
     try:
         return await _run(svc, request, plan, "responses", mapper,
                           lambda done: responses.response_json(done, base, detok, summary),

@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from edge.api.mcp import agent_body
 from edge.api.openai import Plan
 from edge.api.scheduler import END, ERROR, Job, Scheduler
 from edge.api.service import Service
@@ -30,7 +32,10 @@ Prepare = Callable[[], Awaitable[Callable[[threading.Event], Iterator[Any]]]]
 
 def plan_body(svc: Service, plan: Plan) -> Prepare:
     """The Generation body of a planned request (any dialect): media resolved under the server's policy, then
-    the runtime's stream, stopped by the job's cancel event."""
+    the runtime's stream, stopped by the job's cancel event; with MCP tools, the agent loop (edge/api/mcp.py),
+    which ends on its AgentChatDone (a ChatDone) like any generation."""
+    if plan.mcp is not None:
+        return agent_body(svc, plan)
 
     async def prepare():
         messages = await svc.media.resolve(plan.messages, svc.http_client)
@@ -40,6 +45,26 @@ def plan_body(svc: Service, plan: Plan) -> Prepare:
                                                   cancel=cancel, **plan.overrides)
 
     return prepare
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def respond(gen: Generation, stream: bool, events: Callable[[Any], AsyncIterator[bytes]],
+                  to_json: Callable[[ChatDone], dict]) -> Response:
+    """The HTTP answer of a generation in any dialect: `events(first)` as SSE, or `to_json(final event)`;
+    499 when the client left before the first event."""
+    try:
+        first = await gen.first()
+        if stream:
+            return StreamingResponse(events(first), media_type="text/event-stream", headers=SSE_HEADERS)
+        done = await gen.final(first)
+    except Cancelled:
+        return Response(status_code=499)
+    finally:
+        if not stream:
+            await gen.aclose()
+    return JSONResponse(to_json(done))
 
 
 class Cancelled(Exception):

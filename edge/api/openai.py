@@ -11,6 +11,8 @@ grammar for `response_format` and forced tool calls). Decisions (also in README,
   (exactly one with `parallel_tool_calls: false`), enforced by a grammar; a named function: exactly
   one call of it. With `response_format` JSON and tools, the grammar allows either JSON or tool calls.
 - `n > 1`, `logprobs`: 400. `top_p: 0` means greedy. `max_completion_tokens` wins over `max_tokens`.
+- `{"type": "mcp", "server_label": ...}` tools (servers configured at launch): `Plan.mcp` is set and the plan
+  carries no tool grammar, tool list or `<tool_call>` stop; the agent loop builds them (edge/api/mcp.py).
 `StreamMapper` / `completion_json` write ChatDelta/ChatDone as OpenAI chunks / a chat.completion with the
 extensions `reasoning_content`, `boxes`, `usage.prompt_tokens_details.image_tokens` and `timings`.
 """
@@ -23,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.api.mcp import McpRequest, mcp_request
 from edge.chat.grammar import build_grammar
 from edge.errors import GrammarError, RequestError
 from edge.chat.parse import Box, ParseIssue, ToolCallDelta
@@ -38,6 +41,7 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
+    mcp: McpRequest | None = None  # MCP tools in play: the server runs the tool loop
 
 
 def _thinking(req: ChatCompletionRequest) -> bool | None:
@@ -99,20 +103,21 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     if req.logprobs or req.top_logprobs:
         raise RequestError("logprobs are not supported by this server", "logprobs", "unsupported_parameter")
 
-    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    tools = [t.model_dump(exclude_none=True) for t in req.tools if t.type == "function"] if req.tools else None
     if tools:
         _check_tools(tools)
+    mcp = mcp_request(req)
     choice = req.tool_choice
     named = None
     if choice is None:
         choice = "auto"
     elif not isinstance(choice, str):
-        named = choice.function.name
+        named = choice.function.name if choice.type == "function" else choice.name
         choice = "function"
-    if choice in ("required", "function") and not tools:
+    if choice in ("required", "function") and not tools and mcp is None:
         raise RequestError(f"tool_choice {'required' if named is None else repr(named)} needs a non-empty tools list",
                            "tool_choice")
-    if named is not None and named not in {t["function"]["name"] for t in tools}:
+    if named is not None and mcp is None and named not in {t["function"]["name"] for t in tools}:
         raise RequestError(f"tool_choice names function {named!r}, which is not among the tools", "tool_choice")
 
     fmt = req.response_format
@@ -127,6 +132,8 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     constrained = json_mode or schema is not None or forced
     if constrained and choice == "function" and (json_mode or schema is not None):
         raise RequestError("a named tool_choice and a JSON response_format cannot both be enforced", "tool_choice")
+    if mcp is not None and (json_mode or schema is not None):
+        raise RequestError("a JSON response_format cannot be combined with mcp tools", "response_format")
 
     explicit = _thinking(req)
     thinking = explicit if explicit is not None else (False if constrained else default_thinking)
@@ -139,7 +146,7 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
             tools=prompt_tools if (forced or (constrained and prompt_tools)) else None,
             tool_only=named, tool_forced=forced, parallel_tool_calls=req.parallel_tool_calls is not False,
             think=thinking,
-        ) if constrained else None
+        ) if constrained and mcp is None else None
     except GrammarError as e:
         raise RequestError(str(e), e.param or "response_format", "invalid_schema") from e
     if grammar:
@@ -148,7 +155,7 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if any(not s for s in stop) or len(stop) > 16:
         raise RequestError("stop must be up to 16 non-empty strings", "stop")
-    if choice == "none" and tools:
+    if choice == "none" and tools and mcp is None:
         stop.append("<tool_call>")
     if stop:
         overrides["stop"] = tuple(dict.fromkeys(stop))
@@ -165,9 +172,13 @@ def plan_request(req: ChatCompletionRequest, *, default_thinking: bool) -> Plan:
     if max_tokens is not None:
         overrides["max_tokens"] = max_tokens
 
+    if mcp is not None:
+        mcp.extra_tools = tools or []
+        mcp.tool_choice = {"name": named} if named is not None and mcp.choice is None else choice
+        prompt_tools = None
     return Plan(
         messages=_messages(req), tools=prompt_tools, enable_thinking=thinking, overrides=overrides,
-        stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage), mcp=mcp,
     )
 
 
@@ -282,6 +293,10 @@ class StreamMapper:
         for call in event.tool_calls:
             chunks.append(self._chunk({"tool_calls": [_tool_delta(call)]}))
         return chunks
+
+    def step(self, step: dict) -> list[dict]:
+        """One MCP tool-loop step (edge.api.mcp), as the extension `delta.mcp_steps`."""
+        return [self._chunk({"mcp_steps": [step]})]
 
     def finish(self, done: ChatDone, queue_seconds: float) -> list[dict]:
         delta: dict[str, Any] = {}

@@ -1,5 +1,7 @@
 """The OpenAI Responses API over the chat-completions machinery: requests in, response objects and events out.
 
+(About 400 lines: the request mapping and the event stream of one dialect, kept together.)
+
 `plan_responses(request, default_thinking=...)` maps a validated `ResponsesRequest` onto the one internal
 request model, a `ChatCompletionRequest`, and plans it with `edge.api.openai.plan_request` (so sampling,
 tools, grammars and thinking rules are exactly those of /v1/chat/completions); errors name the Responses
@@ -13,8 +15,14 @@ field (`text.format`, `max_output_tokens`, `input[3].arguments`, ...). Mapping:
   `max_output_tokens` -> `max_completion_tokens`; `tool_choice` {"type": "function", "name"} -> named.
 - Stateless: nothing is stored (`store` is accepted and answered `false`); `previous_response_id`,
   `conversation` and `background` are refused with a 400, as are hosted tools, `input_file` and `file_id`.
-- `{"type": "mcp"}` tools: refused with 400 `mcp_not_configured` ("no MCP servers configured") in
-  `_mcp_tools`, the one place where an MCP host will turn them into callable tools.
+- `{"type": "mcp"}` tools and an `{"type": "mcp"}` tool_choice become the chat-completions MCP entries
+  (edge/api/mcp.py): only servers configured at launch (`--mcp-config`), checked by `check_mcp` (400
+  `mcp_not_configured` without any, `server_url` refused); the server runs the calls. Output: one
+  `mcp_list_tools` item per server first, then one `mcp_call` item per call (`output` the text the model read,
+  `error` a `mcp_tool_execution_error`, status completed/failed; extension `images`: the returned images with
+  their handles and data URLs), then the answer's items. Streamed: `response.mcp_list_tools.in_progress` /
+  `.completed`, `response.mcp_call.in_progress`, `response.mcp_call_arguments.delta` / `.done`,
+  `response.mcp_call.completed` / `.failed`, each between the item's `output_item.added` / `.done`.
 Out: `response_json(done, shell)` is the `response` object (output items `reasoning` with the reasoning as
 `reasoning_text` content, and as `summary_text` too when `reasoning.summary` asks for one; `message` with one
 `output_text`; one `function_call` per call), `ResponsesStream` writes the streamed event sequence
@@ -33,6 +41,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.api.fields import renamed
+from edge.api.mcp import AgentChatDone, is_step
 from edge.api.openai import Plan, plan_request
 from edge.api.responses_schemas import (
     FunctionCallItem, FunctionCallOutputItem, FunctionTool, InputFile, InputImage, InputText, McpTool, MessageItem,
@@ -40,11 +49,10 @@ from edge.api.responses_schemas import (
 )
 from edge.api.token_facts import Detok, reasoning_tokens
 from edge.api.schemas import ChatCompletionRequest
+from edge.chat.agent import ToolCallStep, ToolResultStep, step_json
+from edge.chat.mcp_host import McpTool as HostTool
 from edge.chat.results import ChatDelta, ChatDone
 from edge.errors import RequestError
-
-MCP_NOT_CONFIGURED = ("no MCP servers configured: this server runs MCP tools only from servers configured when "
-                      "it starts, and none are; send function tools and run the calls yourself")
 
 
 def new_id(prefix: str) -> str:
@@ -55,8 +63,11 @@ def new_id(prefix: str) -> str:
 
 
 def _mcp_tools(tool: McpTool, where: str) -> list[dict]:
-    """Function tools of the configured MCP server `tool.server_label` (the MCP host plugs in here)."""
-    raise RequestError(MCP_NOT_CONFIGURED, where, "mcp_not_configured")
+    """The chat-completions MCP entry of `tool` (checked against the launch config by edge.api.mcp.check_mcp)."""
+    entry = tool.model_dump(exclude_none=True)
+    if isinstance(tool.allowed_tools, dict) and not isinstance(tool.allowed_tools.get("tool_names", []), list):
+        raise RequestError("allowed_tools.tool_names must be a list of tool names", f"{where}.allowed_tools")
+    return [entry]
 
 
 def _parts(content: Any, where: str, role: str) -> str | list[dict]:
@@ -165,7 +176,7 @@ def _tools(req: ResponsesRequest) -> list[dict] | None:
 def _tool_choice(req: ResponsesRequest) -> Any:
     choice = req.tool_choice
     if isinstance(choice, NamedMcp):
-        raise RequestError(MCP_NOT_CONFIGURED, "tool_choice", "mcp_not_configured")
+        return choice.model_dump(exclude_none=True)
     if choice is None or isinstance(choice, str):
         return choice
     return {"type": "function", "function": {"name": choice.name}}
@@ -285,10 +296,47 @@ def _finish(response: dict, done: ChatDone, output: list[dict], detok) -> dict:
     return response
 
 
+def _list_tools_items(tools: list[HostTool]) -> list[dict]:
+    """One `mcp_list_tools` item per server, in the order the tools were offered."""
+    servers: dict[str, list[dict]] = {}
+    for t in tools:
+        servers.setdefault(t.server, []).append({"name": t.name, "description": t.description,
+                                                 "input_schema": t.input_schema, "annotations": None})
+    return [{"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": label, "tools": listed, "error": None}
+            for label, listed in servers.items()]
+
+
+def _mcp_call_item(item_id: str, call: ToolCallStep) -> dict:
+    return {"id": item_id, "type": "mcp_call", "server_label": call.server or "", "name": call.tool,
+            "arguments": step_json(call)["arguments"], "output": None, "error": None, "status": "in_progress",
+            "approval_request_id": None}
+
+
+def _mcp_result(item: dict, result: ToolResultStep) -> dict:
+    """`item` completed (or failed) by its result; extension `images`: what the tool returned."""
+    error = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": result.text}]}
+    item.update(output=None if result.is_error else result.text, error=error if result.is_error else None,
+                status="failed" if result.is_error else "completed",
+                images=step_json(result, image_data=True)["images"])
+    return item
+
+
+def _mcp_items(done: ChatDone) -> list[dict]:
+    if not isinstance(done, AgentChatDone):
+        return []
+    items = _list_tools_items(done.mcp_tools)
+    results = {s.call_id: s for s in done.steps if isinstance(s, ToolResultStep)}
+    for step in done.steps:
+        if isinstance(step, ToolCallStep):
+            item = _mcp_call_item(new_id("mcp"), step)
+            items.append(_mcp_result(item, results[step.call_id]) if step.call_id in results else item)
+    return items
+
+
 def response_json(done: ChatDone, base: dict, detok: Detok, summary: bool) -> dict:
     out = done.output
     status = "incomplete" if done.finish_reason == "length" else "completed"
-    items = []
+    items = _mcp_items(done)
     if out.reasoning:
         items.append(_reasoning_item(new_id("rs"), out.reasoning, summary))
     if out.content:
@@ -300,8 +348,10 @@ def response_json(done: ChatDone, base: dict, detok: Detok, summary: bool) -> di
 class ResponsesStream:
     """Events of one generation -> Responses stream events (dicts with `type` and `sequence_number`)."""
 
-    def __init__(self, base: dict, detok: Detok, summary: bool):
+    def __init__(self, base: dict, detok: Detok, summary: bool, mcp_tools: list[HostTool] | None = None):
         self.base = base
+        self.mcp_tools = mcp_tools or []
+        self.mcp_calls: dict[str, dict] = {}  # call id -> its mcp_call item
         self.detok = detok
         self.summary = summary
         self.seq = 0
@@ -319,8 +369,36 @@ class ResponsesStream:
         return {"item_id": self.open["id"], "output_index": len(self.items) - 1}
 
     def start(self) -> list[dict]:
-        return [self._event("response.created", response=dict(self.base)),
-                self._event("response.in_progress", response=dict(self.base))]
+        events = [self._event("response.created", response=dict(self.base)),
+                  self._event("response.in_progress", response=dict(self.base))]
+        for item in _list_tools_items(self.mcp_tools):
+            self.items.append(item)
+            where = {"item_id": item["id"], "output_index": len(self.items) - 1}
+            events += [self._event("response.output_item.added", output_index=where["output_index"],
+                                   item={**item, "tools": []}),
+                       self._event("response.mcp_list_tools.in_progress", **where),
+                       self._event("response.mcp_list_tools.completed", **where),
+                       self._event("response.output_item.done", output_index=where["output_index"], item=dict(item))]
+        return events
+
+    def _step(self, step: ToolCallStep | ToolResultStep) -> list[dict]:
+        """An MCP call as an `mcp_call` item: added with its arguments, done with its result."""
+        if isinstance(step, ToolCallStep):
+            events = self._close()
+            item = _mcp_call_item(new_id("mcp"), step)
+            self.items.append(item)
+            self.mcp_calls[step.call_id] = item
+            where = {"item_id": item["id"], "output_index": len(self.items) - 1}
+            return events + [
+                self._event("response.output_item.added", output_index=where["output_index"], item=dict(item)),
+                self._event("response.mcp_call.in_progress", **where),
+                self._event("response.mcp_call_arguments.delta", **where, delta=item["arguments"]),
+                self._event("response.mcp_call_arguments.done", **where, arguments=item["arguments"])]
+        item = _mcp_result(self.mcp_calls[step.call_id], step)
+        where = {"item_id": item["id"], "output_index": self.items.index(item)}
+        kind = "response.mcp_call.failed" if step.is_error else "response.mcp_call.completed"
+        return [self._event(kind, **where),
+                self._event("response.output_item.done", output_index=where["output_index"], item=dict(item))]
 
     def _add(self, item: dict, part: dict | None) -> list[dict]:
         self.items.append(item)
@@ -364,7 +442,9 @@ class ResponsesStream:
         self.open = None
         return events
 
-    def delta(self, event: ChatDelta) -> list[dict]:
+    def delta(self, event: ChatDelta | ToolCallStep | ToolResultStep) -> list[dict]:
+        if is_step(event):
+            return self._step(event)
         events: list[dict] = []
         if event.reasoning:
             if self.open is None or self.open["type"] != "reasoning":

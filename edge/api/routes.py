@@ -11,20 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from edge import __version__
 from edge.api.gate import error_from_exception
-from edge.api.generation import Cancelled, Generation, plan_body
+from edge.api.generation import Generation, plan_body, respond
+from edge.api.mcp import check_mcp, is_step, steps_json
 from edge.api.openai import StreamMapper, completion_json, new_completion_id, plan_request, sse
 from edge.api.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from edge.api.service import Service, get_service, ready_service
+from edge.chat.agent import step_json
 from edge.chat.results import ChatDelta, ChatDone
 from edge.errors import ModelNotFoundError
 
 STATIC = Path(__file__).with_name("static")
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 429, 503)}
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()
 
@@ -39,23 +40,22 @@ def check_model(svc: Service, model: str) -> None:
 async def chat_completions(body: ChatCompletionRequest, request: Request, svc: Service = Depends(ready_service)):
     check_model(svc, body.model)
     plan = plan_request(body, default_thinking=svc.settings.runtime.thinking)
+    check_mcp(svc, plan)
 
     gen = Generation(svc, request, plan_body(svc, plan), route="chat_completions", mode="stream" if plan.stream else "json")
     completion_id = new_completion_id()
-    try:
-        first = await gen.first()
-        if plan.stream:
-            mapper = StreamMapper(completion_id=completion_id, model=body.model, fingerprint=svc.fingerprint,
-                                  include_usage=plan.include_usage)
-            return StreamingResponse(_sse(gen, mapper, first), media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await gen.final(first)
-    except Cancelled:
-        return Response(status_code=499)
-    finally:
-        if not plan.stream:
-            await gen.aclose()
-    return JSONResponse(completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
-                                        fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds))
+    mapper = StreamMapper(completion_id=completion_id, model=body.model, fingerprint=svc.fingerprint,
+                          include_usage=plan.include_usage)
+
+    def to_json(done):
+        out = completion_json(done, completion_id=completion_id, model=body.model, created=int(time.time()),
+                              fingerprint=svc.fingerprint, queue_seconds=gen.queue_seconds)
+        steps = steps_json(done)
+        if steps is not None:
+            out["choices"][0]["message"]["mcp_steps"] = steps
+        return out
+
+    return await respond(gen, plan.stream, lambda first: _sse(gen, mapper, first), to_json)
 
 
 async def _sse(gen: Generation, mapper: StreamMapper, first):
@@ -69,6 +69,9 @@ async def _sse(gen: Generation, mapper: StreamMapper, first):
                     yield sse(chunk)
             elif isinstance(event, ChatDone):
                 for chunk in mapper.finish(event, gen.queue_seconds):
+                    yield sse(chunk)
+            elif is_step(event):
+                for chunk in mapper.step(step_json(event, image_data=True)):
                     yield sse(chunk)
             try:
                 event = await gen.events.__anext__()
@@ -101,6 +104,8 @@ async def health(svc: Service = Depends(get_service)):
                          "max_queue": svc.settings.max_queue}
     if svc.load_error:
         body["error"] = svc.load_error
+    if svc.mcp_host is not None:
+        body["mcp_servers"] = svc.mcp_host.status()  # extension: the servers tools entries may name
     return JSONResponse(body, status_code=200 if svc.status == "ready" else 503)
 
 

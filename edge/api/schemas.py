@@ -127,6 +127,22 @@ class Tool(_Model):
     function: FunctionDef
 
 
+class McpAllowedTools(_Model):
+    tool_names: list[str] | None = None
+
+
+class McpToolEntry(_Model):
+    """Extension: the tools of an MCP server configured at launch (--mcp-config), in the shape of the Responses
+    API's MCP tool; the server runs the calls (edge/api/mcp.py)."""
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1)
+    allowed_tools: list[str] | McpAllowedTools | None = None
+    require_approval: str | dict[str, Any] | None = Field(None, description='only "never" (the default here)')
+    server_url: str | None = Field(None, description="refused: only servers configured at launch")
+    connector_id: str | None = Field(None, description="refused: only servers configured at launch")
+
+
 class NamedFunction(_Model):
     name: str = Field(min_length=1)
 
@@ -134,6 +150,14 @@ class NamedFunction(_Model):
 class NamedToolChoice(_Model):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedMcpChoice(_Model):
+    """Extension (the Responses API's form): call a tool of this MCP server (`name`: that tool)."""
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1)
+    name: str | None = None
 
 
 class JsonSchemaSpec(_Model):
@@ -175,8 +199,8 @@ class ChatCompletionRequest(_Model):
     max_tokens: int | None = Field(None, ge=1, le=MAX_INT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT)
     n: int | None = Field(None, ge=1, le=128)
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Annotated[Tool | McpToolEntry, Field(discriminator="type")]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | NamedMcpChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = Field(
@@ -215,6 +239,8 @@ class AssistantMessage(BaseModel):
     reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
     boxes: list[BoxOut] | None = Field(None, description="extension: grounding boxes")
+    mcp_steps: list[dict[str, Any]] | None = Field(
+        None, description="extension: the MCP tool calls and results the server ran (mcp_call / mcp_call_output)")
 
 
 class Choice(BaseModel):

@@ -2,6 +2,8 @@
 
 `ServerSettings` holds the HTTP-side settings and one `RuntimeOptions` (no re-listing of runtime options).
 `RuntimeLike` is what the server needs from a runtime; tests pass their own runtime factory to `create_app`.
+With `mcp_config` (--mcp-config) the Service starts the MCP host at load, before the model (a server that
+does not start fails the load like a bad bundle), and closes it at shutdown (no child process outlives it).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ServerSettings:
     max_body_bytes: int = 96 << 20
     max_queue: int = 16
     serve_page: bool = True
+    mcp_config: Path | None = None  # --mcp-config: the MCP servers requests may use (edge/api/mcp.py)
 
     @property
     def media_policy(self) -> MediaPolicy:
@@ -105,6 +108,7 @@ class Service:
         self.runtime: RuntimeLike | None = None
         self.scheduler: Scheduler | None = None
         self.http_client = None
+        self.mcp_host = None  # edge.chat.mcp_host.McpHost, started at load when settings.mcp_config is set
         self.loaded = threading.Event()
         self.created = int(time.time())
         self.fingerprint = f"glm-edge-{__version__}"
@@ -112,6 +116,10 @@ class Service:
     def load(self) -> None:
         started = time.perf_counter()
         try:
+            if self.settings.mcp_config is not None:
+                from edge.mcp_setup import start_mcp_host
+
+                self.mcp_host = start_mcp_host(self.settings.mcp_config)
             runtime = self.runtime_factory(self.settings)
         except Exception as e:  # reported by /health and every request; the CLI exits on it
             log.error("model failed to load: %s", e, exc_info=not isinstance(e, GlmEdgeError))
@@ -134,6 +142,9 @@ class Service:
         if self.runtime is not None:
             self.runtime.close()
         self.runtime = None
+        if self.mcp_host is not None:
+            self.mcp_host.close()
+            self.mcp_host = None
 
     def _finished(self, job: Job) -> None:
         if job.started is not None and job.finished is not None:

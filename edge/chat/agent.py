@@ -22,6 +22,8 @@ Contract
   ChatDelta events carry only those calls: MCP calls show up as steps (`step_json` for the wire).
 - `resolve(uri) -> bytes` reads the links tool results point to and user images given as paths/URLs
   (the caller's media policy); without it only bytes and data: URLs are used.
+- `cancel` (a threading.Event, e.g. the server job's) stops the current generation (the runtime's `cancel=`)
+  and the loop: no tool is called once it is set; the AgentDone then says "cancelled".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +99,7 @@ class AgentDone:
 
     @property
     def usage(self) -> Usage:
-        """Token counts summed over the turns; images as in the last turn's prompt."""
+        """Token counts summed over the turns; images and videos as in the last turn's prompt."""
         total = Usage()
         for d in self.turns:
             u = d.usage
@@ -104,7 +107,9 @@ class AgentDone:
             total.cached_tokens += u.cached_tokens
             total.completion_tokens += u.completion_tokens
             total.images_cached += u.images_cached
-        total.image_tokens, total.images = self.done.usage.image_tokens, self.done.usage.images
+        last = self.done.usage  # media as in the last turn's prompt
+        total.image_tokens, total.images = last.image_tokens, last.images
+        total.video_tokens, total.videos, total.video_frames = last.video_tokens, last.videos, last.video_frames
         return total
 
 
@@ -139,7 +144,8 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
                  extra_tools: Sequence[dict] | None = None, tool_choice: Any = "auto", max_steps: int = 8,
                  parallel_tool_calls: bool = True, enable_thinking: bool | None = None, sampling: Any = None,
                  resolve: Callable[[str], bytes] | None = None, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                 call_timeout: float | None = None, **overrides) -> Iterator[AgentEvent]:
+                 call_timeout: float | None = None, cancel: threading.Event | None = None,
+                 **overrides) -> Iterator[AgentEvent]:
     """Run the loop (see the module doc); `overrides` are SamplingParams fields for every turn."""
     mcp_tools = host.tools(servers, allowed_tools)
     by_name = {t.function_name: t for t in mcp_tools}
@@ -154,6 +160,8 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
     prompt_tools = [t.function() for t in mcp_tools] + extra or None
     steps: list[ToolCallStep | ToolResultStep] = []
     turns: list[ChatDone] = []
+    if cancel is not None:  # only then: runtimes without a `cancel` parameter still work
+        overrides["cancel"] = cancel
 
     for turn in range(max_steps + 1):
         choice = _choice(tool_choice, turn) if turn < max_steps else "none"
@@ -182,6 +190,9 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
         turns.append(done)
         yield AgentTurn(turn, done)
         calls = done.output.tool_calls if done.finish_reason == "tool_calls" and turn < max_steps else []
+        if cancel is not None and cancel.is_set():
+            yield AgentDone(done, "cancelled", steps, turns, conversation, handles)
+            return
         if not calls or any(c.name in extra_names for c in calls):
             yield AgentDone(done, "tool_calls" if calls else done.finish_reason, steps, turns, conversation, handles)
             return
@@ -191,6 +202,9 @@ def stream_agent(runtime: ChatRuntime, messages: Sequence[dict], host: McpHost, 
             assistant["reasoning_content"] = done.output.reasoning
         conversation.append(assistant)
         for call in calls:
+            if cancel is not None and cancel.is_set():
+                yield AgentDone(done, "cancelled", steps, turns, conversation, handles)
+                return
             for step in _run_call(call, by_name.get(call.name), host, handles, resolve, max_image_bytes,
                                   call_timeout, conversation):
                 steps.append(step)

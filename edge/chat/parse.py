@@ -1,5 +1,8 @@
 """Parse GLM-4.6V-Flash generated text into reasoning, content, tool calls and grounding boxes.
 
+(About 500 lines on purpose: one incremental state machine over one stream; its scanner, states and
+results read best together, and every split point is tested in tests/test_parse.py.)
+
 Contract
 - Pure: text in, dataclasses out; no model, no I/O, no module-level mutable state.
 - Streaming-safe: `StreamParser.feed` accepts the detokenised output split at ANY character boundary.

@@ -59,9 +59,49 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", 
 
 
 @dataclass(frozen=True)
-class ImageConfig:
-    """Preprocessing settings; `min_pixels`/`max_pixels` are HF's size.shortest_edge/longest_edge
-    and count `temporal_patch_size` frames (an image is duplicated to fill them)."""
+class PatchConfig:
+    """What image and video preprocessing share: patching, merging, the pixel budget and normalisation.
+    `min_pixels`/`max_pixels` are HF's size.shortest_edge/longest_edge and count `temporal_patch_size` frames."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    min_pixels: int = 112 * 112
+    max_pixels: int = 28 * 28 * 15000
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    rescale_factor: float = 1 / 255
+
+    @classmethod
+    def _from_json(cls, cfg: Mapping, lo, hi, what: str, **extra):
+        out = cls(patch_size=int(cfg.get("patch_size", cls.patch_size)),
+                  temporal_patch_size=int(cfg.get("temporal_patch_size", cls.temporal_patch_size)),
+                  merge_size=int(cfg.get("merge_size", cls.merge_size)), min_pixels=int(lo), max_pixels=int(hi),
+                  image_mean=tuple(float(v) for v in cfg.get("image_mean", cls.image_mean)),
+                  image_std=tuple(float(v) for v in cfg.get("image_std", cls.image_std)),
+                  rescale_factor=float(cfg.get("rescale_factor", cls.rescale_factor)), **extra)
+        if len(out.image_mean) != 3 or len(out.image_std) != 3 or not 0 < out.min_pixels <= out.max_pixels:
+            raise CheckpointError(f"{what}: need 3 means/stds and 0 < min_pixels <= max_pixels, got {out}")
+        return out
+
+    @property
+    def factor(self) -> int:
+        """Side of one merged block (one LLM token) in pixels: patch_size * merge_size."""
+        return self.patch_size * self.merge_size
+
+    @property
+    def pixels_per_token(self) -> int:
+        """HF pixel-budget units per LLM token (factor^2 pixels, counted temporal_patch_size times)."""
+        return self.factor * self.factor * self.temporal_patch_size
+
+    def fingerprint(self) -> str:
+        """Short stable hash of every field, for cache keys."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageConfig(PatchConfig):
+    """Image preprocessing settings (an image is duplicated to fill the temporal patch)."""
 
     patch_size: int = 14
     temporal_patch_size: int = 2
@@ -82,30 +122,7 @@ class ImageConfig:
         size = cfg.get("size") or {}
         lo = size.get("shortest_edge", size.get("min_pixels", cfg.get("min_pixels", cls.min_pixels)))
         hi = size.get("longest_edge", size.get("max_pixels", cfg.get("max_pixels", cls.max_pixels)))
-        out = cls(patch_size=int(cfg.get("patch_size", cls.patch_size)),
-                  temporal_patch_size=int(cfg.get("temporal_patch_size", cls.temporal_patch_size)),
-                  merge_size=int(cfg.get("merge_size", cls.merge_size)), min_pixels=int(lo), max_pixels=int(hi),
-                  image_mean=tuple(float(v) for v in cfg.get("image_mean", cls.image_mean)),
-                  image_std=tuple(float(v) for v in cfg.get("image_std", cls.image_std)),
-                  rescale_factor=float(cfg.get("rescale_factor", cls.rescale_factor)),
-                  resample=int(cfg.get("resample", cls.resample)))
-        if len(out.image_mean) != 3 or len(out.image_std) != 3 or not 0 < out.min_pixels <= out.max_pixels:
-            raise CheckpointError(f"preprocessor_config: need 3 means/stds and 0 < min_pixels <= max_pixels, got {out}")
-        return out
-
-    @property
-    def factor(self) -> int:
-        """Side of one merged block (one LLM token) in pixels: patch_size * merge_size."""
-        return self.patch_size * self.merge_size
-
-    @property
-    def pixels_per_token(self) -> int:
-        """HF pixel-budget units per LLM token (factor^2 pixels, counted temporal_patch_size times)."""
-        return self.factor * self.factor * self.temporal_patch_size
-
-    def fingerprint(self) -> str:
-        """Short stable hash of every field, for cache keys."""
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+        return cls._from_json(cfg, lo, hi, "preprocessor_config", resample=int(cfg.get("resample", cls.resample)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.errors import CheckpointError, InputError, VideoError, VideoTokenBudgetError
+from edge.vision.image import PatchConfig
 from edge.vision.resample import resize_bicubic_aa
 from edge.vision.video import VideoLimits, VideoMetadata, decode_frames, open_video, probe
 from edge.vision.video_sampling import SamplingOptions, sample_frames
@@ -48,7 +49,7 @@ BEGIN_IMAGE, IMAGE, END_IMAGE = "<|begin_of_image|>", "<|image|>", "<|end_of_ima
 
 
 @dataclass(frozen=True)
-class VideoConfig:
+class VideoConfig(PatchConfig):
     """Video preprocessing settings; min/max_pixels are HF's size.shortest_edge/longest_edge and count every
     sampled frame (temporal factor rounding included). Defaults: transformers' Glm46VVideoProcessor."""
 
@@ -72,32 +73,13 @@ class VideoConfig:
             raise CheckpointError(f"video_preprocessor_config resample={cfg['resample']!r}; "
                                   "only bicubic (3) is supported")
         size = cfg.get("size") or {}
-        out = cls(patch_size=int(cfg.get("patch_size", cls.patch_size)),
-                  temporal_patch_size=int(cfg.get("temporal_patch_size", cls.temporal_patch_size)),
-                  merge_size=int(cfg.get("merge_size", cls.merge_size)),
-                  min_pixels=int(size.get("shortest_edge", cls.min_pixels)),
-                  max_pixels=int(size.get("longest_edge", cls.max_pixels)),
-                  image_mean=tuple(float(v) for v in cfg.get("image_mean", cls.image_mean)),
-                  image_std=tuple(float(v) for v in cfg.get("image_std", cls.image_std)),
-                  rescale_factor=float(cfg.get("rescale_factor", cls.rescale_factor)))
-        if len(out.image_mean) != 3 or len(out.image_std) != 3 or not 0 < out.min_pixels <= out.max_pixels:
-            raise CheckpointError(f"video_preprocessor_config: need 3 means/stds and 0 < min <= max pixels, got {out}")
+        out = cls._from_json(cfg, size.get("shortest_edge", cls.min_pixels), size.get("longest_edge", cls.max_pixels),
+                             "video_preprocessor_config")
         if out.temporal_patch_size != 2:
             raise CheckpointError(f"video_preprocessor_config temporal_patch_size={out.temporal_patch_size}; "
                                   "GLM-4.6V pairs frames (2)")
         return out
 
-    @property
-    def factor(self) -> int:
-        return self.patch_size * self.merge_size
-
-    @property
-    def pixels_per_token(self) -> int:
-        """smart_resize budget units per LLM token: factor^2 pixels in each of temporal_patch_size frames."""
-        return self.factor * self.factor * self.temporal_patch_size
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
 
 def smart_resize(num_frames: int, height: int, width: int, *, temporal_factor: int = 2, factor: int = 28,
