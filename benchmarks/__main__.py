@@ -4,6 +4,7 @@
     python -m benchmarks --full-depth          # the real 40 / 24 layers (a big machine; hours on 2 cores)
     python -m benchmarks --quick --out /tmp/b  # tiny model, one repetition (the CI smoke test)
     python -m benchmarks --scenarios text image --reps 5
+    python -m benchmarks --scenarios video document --out benchmarks/results/media   # issues 12 and 16
 
 Prepares what it needs into a cache folder (benchmarks/prepare.py), runs every scenario in its own worker
 process (benchmarks/scenarios.py) and writes into --out: results.json (machine, settings, raw runs,
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel")
+ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel", "video", "document")
 
 
 def parse_args(argv=None):
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny model, small inputs, one repetition (smoke test)")
     p.add_argument("--scenarios", nargs="+", choices=ALL, default=list(ALL))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--document-kv", nargs="+", choices=("f16", "q8_0"), default=None,
+                   help="KV cache types of the document scenario (default f16 and q8_0; f16 with --quick)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per scenario worker")
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each timed run, wait up to this many seconds for other processes to leave the CPUs "
@@ -62,6 +65,8 @@ def plan(args) -> dict:
                 "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 8, "stream_words": 12, "ttft_clients": 8,
                              "ttft_image": (112, 112), "answer_tokens": 4, "admission_words": 60,
                              "admission_batches": [512, 64], "admission_running": 3, "admission_lead_tokens": 3},
+                "clip": {"width": 100, "height": 70, "fps": 10, "seconds": 2, "warmup_seconds": 1},
+                "document": {"pages": 3, "page_tokens": 64, "kv_types": ("f16",), "kv_dropped_turn": True},
                 "settings": {"n_ctx": 2048, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
     text, vision = (40, 24) if args.full_depth else (args.depth_text, args.depth_vision)
     return {"label": f"real widths, {text} decoder layers / {vision} ViT blocks", "size": "wide", "text_layers": text,
@@ -74,6 +79,9 @@ def plan(args) -> dict:
             "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 64, "stream_words": 20, "ttft_clients": 8,
                          "ttft_image": (448, 448), "answer_tokens": 16, "admission_words": 400,
                          "admission_batches": [512, 128], "admission_running": 3, "admission_lead_tokens": 12},
+            # issue 12: a 10 s 640x360 clip at 30 fps; issue 16: 20 pages at the default per-page budget
+            "clip": {"width": 640, "height": 360, "fps": 30, "seconds": 10, "warmup_seconds": 2},
+            "document": {"pages": 20, "page_tokens": None, "kv_types": ("f16", "q8_0"), "kv_dropped_turn": False},
             "settings": {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
 
 
@@ -134,6 +142,7 @@ def main(argv=None) -> int:
     from edge.bundle import load_bundle
 
     spec = Checkpoint(art.checkpoint).spec
+    info["text_layers"] = spec.text.num_layers
     info["model"] = (f"reference checkpoint ({p['size']}): text {spec.text.hidden_size} wide x {spec.text.num_layers} "
                      f"layers, vocab {spec.text.vocab_size}; vision {spec.vision.hidden_size} wide x {spec.vision.depth} "
                      f"blocks, projector {spec.vision.out_hidden_size}/{spec.vision.intermediate_size}")
@@ -187,10 +196,20 @@ def main(argv=None) -> int:
                              "image": p["multiturn_image"]})
         elif name == "parallel":
             jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", **p["parallel"]})
+        elif name == "video":
+            jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "clip": p["clip"],
+                         "answer_tokens": p["answer_tokens"]})
+        elif name == "document":
+            d = p["document"]
+            jobs += [{"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "pages": d["pages"],
+                      "page_tokens": d["page_tokens"], "kv_dropped_turn": d["kv_dropped_turn"],
+                      "answer_tokens": p["answer_tokens"], "settings": {**s, "kv_type": kv}}
+                     for kv in args.document_kv or d["kv_types"]]
     results: dict = {name: [] for name in scenarios}
     info["worker_seconds"], info["errors"] = {}, []
     for job in jobs:
         desc = " ".join(f"{k}={v}" for k, v in job.items() if k in ("scenario", "quant", "side", "vision_dtype"))
+        desc += f" kv={job['settings']['kv_type']}" if "settings" in job else ""
         log(f"running {desc}")
         res = run_worker({**common, **job}, args.timeout, log)
         results[job["scenario"]] += res["runs"]

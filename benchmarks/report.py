@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks import report_parallel
+from benchmarks.media_report import markdown_media, summarize_media
 
 STAGES = ("preprocess", "vision", "prefill")
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "f16c")
@@ -109,6 +110,7 @@ def summarize(results: dict, info: dict) -> dict:
         s["others_cpu_during"] = {"median": _median(during), "max": max(during), "n": len(during),
                                   "over_0.25": sum(d > 0.25 for d in during)}
     s["parallel"] = report_parallel.summarize(results.get("parallel", []))
+    s.update(summarize_media(results))  # video and document
     s["targets"] = targets(s)
     return s
 
@@ -243,7 +245,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
                      f"{_f(r['peak_rss_mb'], 0)} | {_f(r['request_s'])} |")
         L.append("")
     bw = s["bandwidth"]
-    if bw.get("decode"):
+    if bw.get("decode") and (bw.get("runs") or s["text"]):  # nothing to show when neither ran
         L += ["## The physical limit: memory bandwidth", ""]
         if bw.get("runs"):
             L.append("Measured with numpy: " + ", ".join(f"{r['kind']} {r['threads']} thread(s) {r['gb_per_s']:.1f} GB/s"
@@ -260,6 +262,7 @@ def markdown(s: dict, info: dict, charts: list[str]) -> str:
                      f"{_f(e.get('ours_fraction'), 3)} | {_f(e.get('llama.cpp_gb_per_s'))} | {_f(e.get('llama.cpp_fraction'), 3)} |")
         L.append("")
     L += report_parallel.markdown(s.get("parallel", {}))
+    L += markdown_media(s, info)
     if charts:
         L += ["## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + [""]
     return "\n".join(L)

@@ -501,3 +501,7 @@ from benchmarks.parallel import run_parallel  # (at the end: it uses the helpers
 
 SCENARIOS = {"text": run_text, "image": run_image, "transformers": run_transformers, "multiturn": run_multiturn,
              "load": run_load, "bandwidth": run_bandwidth, "parallel": run_parallel}
+
+from benchmarks.media_scenarios import MEDIA_SCENARIOS  # noqa: E402  (built on the helpers above)
+
+SCENARIOS.update(MEDIA_SCENARIOS)

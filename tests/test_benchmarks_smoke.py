@@ -35,7 +35,8 @@ def test_json_has_every_scenario(quick_run):
     for key in ("cpu_model", "logical_cores", "physical_cores", "ram_gb", "versions"):
         assert key in info["machine"]
     assert info["machine"]["versions"]["llama_cpp_python"] != "not installed"
-    assert set(runs) == {"bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel"}
+    assert set(runs) == {"bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel", "video",
+                         "document"}
     assert all(runs[k] for k in runs), [k for k in runs if not runs[k]]
 
     for quant in ("Q4_K_M", "Q8_0"):
@@ -69,6 +70,15 @@ def test_json_has_every_scenario(quick_run):
     for n_batch, row in par["admission"].items():
         loaded = row["with running streams"]
         assert loaded["gap_before_n"] > 0 and loaded["gap_after_n"] > 0 and row["solo"]["first_token_s"] > 0, n_batch
+    video = summary["video"]  # the second question reuses every frame group's embedding and the KV prefix
+    assert video["turn1"]["encoded"] == video["turn1"]["video_frames"] / 2 > 0 and video["turn1"]["vision"] > 0
+    assert video["turn2"]["encoded"] == 0 and video["turn2"]["cached_tokens"] > video["turn1"]["video_tokens"]
+    assert video["turn2_no_kv"]["images_cached"] == video["turn1"]["encoded"] and video["turn2_no_kv"]["vision"] == 0
+    assert all(video["split"][k] > 0 for k in ("demux_s", "decode_s", "resize_s"))
+    doc = summary["document"]["f16"]
+    assert doc["split"]["pages"] == doc["turn1"]["images"] == doc["turn1"]["encoded"] == 3
+    assert doc["turn2"]["encoded"] == 0 and doc["turn2_no_kv"]["images_cached"] == 3
+    assert doc["memory"]["kv_bytes_per_token"] > 0 and doc["memory"]["kv_mib_at_128k"] > 0
     names = {t["target"].split(" ")[0] for t in summary["targets"]}
     assert {"decode", "prefill", "vision", "image", "second", "parallel:"} <= names
 
@@ -76,7 +86,8 @@ def test_json_has_every_scenario(quick_run):
 def test_markdown_and_charts(quick_run):
     md = (quick_run / "results.md").read_text()
     for heading in ("## Targets", "## Text only", "## Image time to first token", "## Multi-turn",
-                    "## Load time and memory", "## The physical limit", "## Parallel sequences"):
+                    "## Load time and memory", "## The physical limit", "## Parallel sequences", "## Video",
+                    "## Documents", "### What 128K context costs"):
         assert heading in md
     assert "mtmd-F16" in md and "onnx-int8" in md and "torch-fp32" in md
     charts = sorted(p.name for p in quick_run.glob("*.png"))
