@@ -224,3 +224,38 @@ def prompt_text(runtime, entries) -> str:
         else:
             out.append(b"".join(runtime.decoder.token_bytes(t) for t in e.tokens).decode("utf-8", "replace"))
     return "".join(out)
+
+
+def long_script(params):
+    """A script of 5000 pieces for max_tokens=5000 requests (to cancel mid-stream), else one piece."""
+    return ["x"] * 5000 if params.max_tokens == 5000 else ["short"]
+
+
+def wait_for(predicate, timeout=5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@contextmanager
+def mcp_http_server(script: str | Path, env: dict):
+    """An MCP server script serving streamable HTTP on a free loopback port; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), "http", str(port)], env={**env, "PATH": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the MCP HTTP server exited"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import time
 
 import httpx
 import pytest
 
 from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
-from tests.server_helpers import MODEL, ScriptedEngine, data_url, prompt_text
+from tests.server_helpers import MODEL, ScriptedEngine, data_url, long_script, prompt_text, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -274,33 +273,20 @@ def test_messages_error_after_first_token_is_an_error_event(serve):
             pass
 
 
-def _long_script(params):
-    return ["x"] * 5000 if params.max_tokens == 5000 else ["short"]
-
-
-def _wait(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("path,body,counter", [
     ("/v1/responses", {"model": MODEL, "input": "go", "max_output_tokens": 5000}, "responses_total"),
     ("/v1/messages", {"model": MODEL, "max_tokens": 5000, "messages": [{"role": "user", "content": "go"}]},
      "messages_total"),
 ], ids=["responses", "messages"])
 def test_disconnect_cancels_a_dialect_stream(serve, path, body, counter):
-    engine = ScriptedEngine(_long_script, delay=0.01)
+    engine = ScriptedEngine(long_script, delay=0.01)
     srv, _ = serve(None, engine=engine, runtime=RuntimeOptions(thinking=False))
     with httpx.stream("POST", srv.base + path, json={**body, "stream": True}, timeout=30) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(12)]
         assert any(g.startswith("data: ") for g in got)
-    assert _wait(lambda: (5000, "closed") in engine.log), engine.log
-    assert _wait(lambda: srv.service.scheduler.running == 0)
+    assert wait_for(lambda: (5000, "closed") in engine.log), engine.log
+    assert wait_for(lambda: srv.service.scheduler.running == 0)
     assert srv.service.metrics.counter(counter, outcome="cancelled", mode="stream") == 1
     short = {**body, "stream": False, **({"max_output_tokens": 10} if "input" in body else {"max_tokens": 10})}
     r = httpx.post(srv.base + path, json=short, timeout=30)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from edge.media import MediaPolicy
 from edge.mcp_setup import media_resolver
 from edge.runtime import Runtime
 from tests.conftest import png_bytes
-from tests.server_helpers import free_port
+from tests.server_helpers import mcp_http_server
 
 SERVER = str(Path(__file__).with_name("mcp_vision_server.py"))
 TURN = dict(temperature=0.0, repetition_penalty=1.0, max_tokens=96)
@@ -139,20 +137,8 @@ def test_a_call_of_the_callers_own_tool_ends_the_loop(runtime, stdio_host):
 
 @pytest.fixture
 def http_server(files):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, SERVER, "http", str(port)], env={**files["env"], "PATH": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "the MCP HTTP server exited"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/mcp"
-    proc.terminate()
-    proc.wait(10)
+    with mcp_http_server(SERVER, files["env"]) as url:
+        yield url
 
 
 def test_snapshot_then_read_text_over_http(runtime, http_server, files):

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from edge.api.app import create_app
 from edge.api.service import ServerSettings
 from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
-from tests.server_helpers import EXACT, MODEL, ROOT, ThreadServer, data_url, free_port, sse_events
+from tests.server_helpers import EXACT, MODEL, ROOT, ThreadServer, data_url, mcp_http_server, sse_events
 from tests.test_mcp_agent import SERVER, children, logged
 
 OPTIONS = {**EXACT, "ctx_size": 2048, "batch_size": 128, "ubatch_size": 64, "vision_dtype": "fp32", "parallel": 1}
@@ -50,20 +49,8 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cam_url(files):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, SERVER, "http", str(port)], env={**files["env"], "PATH": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "the MCP HTTP server exited"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/mcp"
-    proc.terminate()
-    proc.wait(10)
+    with mcp_http_server(SERVER, files["env"]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from edge.options import RuntimeOptions
 from tests.conftest import png_bytes
-from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, prompt_text, sse_events
+from tests.server_helpers import MODEL, ScriptedEngine, ThreadServer, data_url, long_script, prompt_text, sse_events, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,21 +200,8 @@ def test_usage_chunk_only_when_asked(serve):
     assert set(u["prompt_tokens_details"]) >= {"cached_tokens", "image_tokens"}
 
 
-def _long_script(params):
-    return ["x"] * 5000 if params.max_tokens == 5000 else ["short"]
-
-
-def _wait(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_disconnect_cancels_stream_and_frees_the_slot(serve):
-    engine = ScriptedEngine(_long_script, delay=0.01)
+    engine = ScriptedEngine(long_script, delay=0.01)
     srv, _ = serve(None, engine=engine, runtime=RuntimeOptions(thinking=False))
     with httpx.stream("POST", srv.base + "/v1/chat/completions", json=chat_body(stream=True, max_tokens=5000),
                       timeout=30) as r:
@@ -222,8 +209,8 @@ def test_disconnect_cancels_stream_and_frees_the_slot(serve):
         got = [next(lines) for _ in range(6)]
         assert any(g.startswith("data: ") for g in got)
     # the client is gone: the generation is closed long before its 50 s script ends, and the slot is free
-    assert _wait(lambda: (5000, "closed") in engine.log), engine.log
-    assert _wait(lambda: srv.service.scheduler.running == 0)
+    assert wait_for(lambda: (5000, "closed") in engine.log), engine.log
+    assert wait_for(lambda: srv.service.scheduler.running == 0)
     start = time.monotonic()
     r = httpx.post(srv.base + "/v1/chat/completions", json=chat_body(max_tokens=10), timeout=30).json()
     assert r["choices"][0]["message"]["content"] == "short" and time.monotonic() - start < 5
@@ -231,11 +218,11 @@ def test_disconnect_cancels_stream_and_frees_the_slot(serve):
 
 
 def test_disconnect_cancels_non_streaming_request(serve):
-    engine = ScriptedEngine(_long_script, delay=0.01)
+    engine = ScriptedEngine(long_script, delay=0.01)
     srv, _ = serve(None, engine=engine, runtime=RuntimeOptions(thinking=False))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(srv.base + "/v1/chat/completions", json=chat_body(max_tokens=5000), timeout=0.5)
-    assert _wait(lambda: (5000, "closed") in engine.log), engine.log
+    assert wait_for(lambda: (5000, "closed") in engine.log), engine.log
     r = httpx.post(srv.base + "/v1/chat/completions", json=chat_body(max_tokens=10), timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "short"
 
@@ -259,10 +246,10 @@ def test_queue_is_fifo_and_bounded(serve):
     url = srv.base + "/v1/chat/completions"
     results, threads = {}, []
     threads.append(_post_in_thread(url, chat_body(max_tokens=100), results, 100))
-    assert _wait(lambda: srv.service.scheduler.running == 1)
+    assert wait_for(lambda: srv.service.scheduler.running == 1)
     for i, n in enumerate((101, 102, 103)):
         threads.append(_post_in_thread(url, chat_body(max_tokens=n), results, n))
-        assert _wait(lambda: srv.service.scheduler.depth == i + 1)
+        assert wait_for(lambda: srv.service.scheduler.depth == i + 1)
     r = httpx.post(url, json=chat_body(max_tokens=104), timeout=30)
     assert r.status_code == 429
     err = r.json()["error"]
@@ -299,14 +286,14 @@ def test_health_loading_then_ready_and_load_failure(tiny_bundle):
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
         assert r.headers["retry-after"] == "2"
         release.set()
-        assert _wait(lambda: httpx.get(srv.base + "/health").status_code == 200, 30)
+        assert wait_for(lambda: httpx.get(srv.base + "/health").status_code == 200, 30)
         assert httpx.get(srv.base + "/health").json()["status"] == "ready"
 
     def broken(settings):
         raise BundleError("manifest.json: corrupt")
 
     with ThreadServer(create_app(ServerSettings(bundle=tiny_bundle), broken), wait=False) as srv:
-        assert _wait(lambda: httpx.get(srv.base + "/health").json()["status"] == "failed")
+        assert wait_for(lambda: httpx.get(srv.base + "/health").json()["status"] == "failed")
         assert httpx.get(srv.base + "/health").status_code == 503
         r = httpx.post(srv.base + "/v1/chat/completions", json=chat_body())
         assert r.status_code == 503 and "corrupt" in r.json()["error"]["message"]
