@@ -20,9 +20,7 @@ from collections.abc import Sequence
 
 import llama_cpp
 
-from benchmarks.mtmd_peer import model_params, quiet_llama
-from edge.engine.llama import FLASH_ATTN, KV_TYPES
-from edge.options import FlashAttn, KvType
+from benchmarks.mtmd_peer import model_params, peer_context, quiet_llama
 
 
 class BatchedPeer:
@@ -36,15 +34,7 @@ class BatchedPeer:
         self._model = llama_cpp.llama_model_load_from_file(os.fsencode(str(gguf)), mparams)
         if not self._model:
             raise RuntimeError(f"{gguf}: llama.cpp could not load it")
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
-        cparams.n_seq_max = n_seq
-        cparams.kv_unified = True
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = FLASH_ATTN[FlashAttn(flash_attn)]
-        cparams.type_k = cparams.type_v = KV_TYPES[KvType(kv_type)]
-        cparams.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        self._ctx = peer_context(self._model, n_ctx, n_batch, n_ubatch, threads, flash_attn, kv_type, n_seq)
         if not self._ctx:
             self.close()
             raise RuntimeError("llama.cpp could not create a context")

@@ -72,6 +72,20 @@ class PeerTimings:
     token: int = -1
 
 
+def peer_context(model, n_ctx: int, n_batch: int, n_ubatch: int, threads: int, flash_attn: str, kv_type: str,
+                 n_seq: int = 1):
+    """A llama.cpp context with the runtime's settings (unified KV for several sequences); NULL on failure."""
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
+    cparams.n_seq_max = n_seq
+    cparams.kv_unified = True
+    cparams.n_threads = cparams.n_threads_batch = threads
+    cparams.flash_attn_type = FLASH_ATTN[FlashAttn(flash_attn)]
+    cparams.type_k = cparams.type_v = KV_TYPES[KvType(kv_type)]
+    cparams.no_perf = True
+    return llama_cpp.llama_init_from_model(model, cparams)
+
+
 class MtmdPeer:
     def __init__(self, decoder_gguf: str | os.PathLike, mmproj: str | os.PathLike, *, n_ctx: int = 4096,
                  n_batch: int = 512, n_ubatch: int = 512, threads: int = 2, flash_attn: str = "on",
@@ -83,13 +97,7 @@ class MtmdPeer:
         self._model = llama_cpp.llama_model_load_from_file(os.fsencode(str(decoder_gguf)), mparams)
         if not self._model:
             raise RuntimeError(f"{decoder_gguf}: llama.cpp could not load it")
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_ubatch
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = FLASH_ATTN[FlashAttn(flash_attn)]
-        cparams.type_k = cparams.type_v = KV_TYPES[KvType(kv_type)]
-        cparams.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        self._ctx = peer_context(self._model, n_ctx, n_batch, n_ubatch, threads, flash_attn, kv_type)
         if not self._ctx:
             self.close()
             raise RuntimeError("llama.cpp could not create a context")
