@@ -91,6 +91,7 @@ class Prompt:
     media: dict[str, Media]
     sizes: list[tuple[int, int]]  # original size of each image, in prompt order
     video_tokens: int = 0
+    video_text_tokens: int = 0  # the image markers and timestamp texts between a video's frame groups
     videos: int = 0
     video_frames: int = 0
     video_sizes: list[tuple[int, int]] = field(default_factory=list)  # original frame size per video
@@ -122,8 +123,8 @@ class Runtime:
         # (source sha256, token budget) -> (chunk, original size) of images seen before: a later turn about
         # the same image skips decoding and resizing it unless its embedding is needed again.
         self._image_meta: OrderedDict[tuple, tuple[Chunk, tuple[int, int]]] = OrderedDict()
-        # The same for videos: (sha256, knobs) -> (group chunks with their timestamp texts, size, sampled frames).
-        self._video_meta: OrderedDict[tuple, tuple[list[tuple[Chunk, str]], tuple[int, int], int]] = OrderedDict()
+        # The same for videos: (sha256, knobs) -> (group chunks with their timestamp texts, original frame size).
+        self._video_meta: OrderedDict[tuple, tuple[list[tuple[Chunk, str]], tuple[int, int]]] = OrderedDict()
 
     @classmethod
     def load(cls, path: str | Path, options: RuntimeOptions | None = None, *,
@@ -213,12 +214,12 @@ class Runtime:
             video = self.prepare_video(data, ref)
             groups = [(Chunk.media(g.cache_key, g.merged_rows, g.merged_cols, self.bundle.tokens["image"]),
                        g.timestamp_text) for g in video.groups]
-            meta = (groups, (video.metadata.width, video.metadata.height), video.n_frames)
+            meta = (groups, (video.metadata.width, video.metadata.height))
             with self._lock:
                 self._video_meta[memo] = meta
                 while len(self._video_meta) > 256:
                     self._video_meta.popitem(last=False)
-        groups, size, _ = meta
+        groups, size = meta
         out: list[Chunk | Media] = []
         for i, (chunk, stamp) in enumerate(groups):
             before = ("" if i == 0 else f"{END_IMAGE}{groups[i - 1][1]}") + BEGIN_IMAGE
@@ -236,8 +237,9 @@ class Runtime:
         prompt = self._chunks(expanded.messages, tools, enable_thinking)
         cells = sum(c.n_tokens for c in prompt.chunks)
         if prompt.videos and cells >= self.decoder.n_ctx:
-            per_group = prompt.video_tokens // max(prompt.video_frames // 2, 1) + 6  # tokens + markers and time
-            room = self.decoder.n_ctx - 1 - (cells - prompt.video_tokens - 6 * (prompt.video_frames // 2))
+            video_cells = prompt.video_tokens + prompt.video_text_tokens
+            per_group = -(-video_cells // max(prompt.video_frames // 2, 1))  # image tokens, markers and time
+            room = self.decoder.n_ctx - 1 - (cells - video_cells)
             fit = max(room // per_group, 0) * 2
             raise VideoTokenBudgetError(
                 f"the prompt needs {cells + 1} tokens ({prompt.video_tokens} of them video tokens of "
@@ -263,6 +265,7 @@ class Runtime:
                 prompt.videos += 1
                 prompt.video_frames += 2 * len(groups)
                 prompt.video_tokens += sum(g.chunk.n_tokens for g in groups)
+                prompt.video_text_tokens += sum(i.n_tokens for i in items if isinstance(i, Chunk))
             elif isinstance(segment, ImageRef):
                 items = [self._describe(segment)]
                 prompt.sizes.append(items[0].size)

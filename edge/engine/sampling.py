@@ -65,10 +65,6 @@ class SamplingParams:
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
 
-    @classmethod
-    def from_generation_config(cls, config: dict) -> SamplingParams:
-        return sampling_defaults(config)[0]
-
     def with_overrides(self, **overrides) -> SamplingParams:
         """A copy with request values; a temperature above 0 turns sampling on, 0 turns it off."""
         values = {k: v for k, v in overrides.items() if v is not None}
