@@ -5,8 +5,8 @@
     async for event in gen.events: ...     # ChatDelta ..., ChatDone (or `done = await gen.final(first)`)
 
 `prepare()` (async) resolves the request's media and returns the job body: `start(cancel)` returning the
-runtime's event iterator (the runtime stops that generation when the `cancel` event is set). The stream owns everything around it, in one place: queueing (429 when full), watching for
-the client's disconnect, cancelling the job whenever the stream ends early (client gone, error, consumer
+runtime's event iterator (the runtime stops that generation when the `cancel` event is set). The stream owns
+everything around it, in one place: queueing (429 when full), watching for the client's disconnect, cancelling the job whenever the stream ends early (client gone, error, consumer
 stopped), and counting the outcome exactly once (`<route>_total{outcome, mode}`) with the usage metrics.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edge.api.mcp import agent_body
+from edge.api.mcp import agent_start
 from edge.api.openai import Plan
 from edge.api.scheduler import END, ERROR, Job, Scheduler
 from edge.api.service import Service
@@ -34,12 +34,12 @@ def plan_body(svc: Service, plan: Plan) -> Prepare:
     """The Generation body of a planned request (any dialect): media resolved under the server's policy, then
     the runtime's stream, stopped by the job's cancel event; with MCP tools, the agent loop (edge/api/mcp.py),
     which ends on its AgentChatDone (a ChatDone) like any generation."""
-    if plan.mcp is not None:
-        return agent_body(svc, plan)
 
     async def prepare():
         messages = await svc.media.resolve(plan.messages, svc.http_client)
         svc.metrics.inc("images_total", svc.media.count(plan.messages))
+        if plan.mcp is not None:
+            return agent_start(svc, plan, messages)
         runtime = svc.runtime
         return lambda cancel: runtime.stream_chat(messages, tools=plan.tools, enable_thinking=plan.enable_thinking,
                                                   cancel=cancel, **plan.overrides)

@@ -13,8 +13,8 @@ Contract
   approval mode other than "never" (`unsupported_parameter`: the operator's config is the approval), an
   allowed tool the server lacks, a function tool named like an MCP tool, a named `tool_choice` that is
   neither. `allowed_tools` is a list of names or `{"tool_names": [...]}`.
-- `agent_body(svc, plan)` is the Generation body: messages resolved under the media policy, then
-  `stream_agent` with the job's cancel event. Its events: ChatDelta, ToolCallStep / ToolResultStep (as they
+- `agent_start(svc, plan, messages)` is the job of an MCP request (its messages already resolved under the
+  media policy by `edge.api.generation.plan_body`): `stream_agent` with the job's cancel event. Its events: ChatDelta, ToolCallStep / ToolResultStep (as they
   happen), and one final `AgentChatDone` (a ChatDone: the last turn's output, usage and timings summed over
   the turns, `steps`, the `mcp_tools` offered), so every route ends on it as on a plain generation.
 - Wire form of a step: `edge.chat.agent.step_json(step, image_data=True)`; chat completions put the list on
@@ -23,7 +23,7 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,27 +135,22 @@ def check_mcp(svc: Service, plan: Plan) -> None:
                                f"the MCP servers named ({', '.join(sorted(names)) or 'none'})", "tool_choice")
 
 
-def agent_body(svc: Service, plan: Plan):
-    """The Generation body of a planned MCP request (see the module doc)."""
+def agent_start(svc: Service, plan: Plan, messages: list[dict]) -> Callable[[Any], Iterator[Any]]:
+    """The job of a planned MCP request (see the module doc)."""
     from edge.mcp_setup import media_resolver
 
-    async def prepare():
-        messages = await svc.media.resolve(plan.messages, svc.http_client)
-        svc.metrics.inc("images_total", svc.media.count(plan.messages))
-        runtime, host, mcp = svc.runtime, svc.mcp_host, plan.mcp
-        resolve = media_resolver(svc.media)  # asyncio.run: the scheduler's worker threads have no event loop
+    runtime, host, mcp = svc.runtime, svc.mcp_host, plan.mcp
+    resolve = media_resolver(svc.media)  # asyncio.run: the scheduler's worker threads have no event loop
 
-        def start(cancel) -> Iterator[Any]:
-            events = stream_agent(runtime, messages, host, servers=mcp.servers, allowed_tools=mcp.allowed,
-                                  extra_tools=mcp.extra_tools, tool_choice=mcp.tool_choice,
-                                  parallel_tool_calls=mcp.parallel_tool_calls, enable_thinking=plan.enable_thinking,
-                                  resolve=resolve, max_image_bytes=svc.settings.max_image_bytes, cancel=cancel,
-                                  **plan.overrides)
-            return route_events(events, mcp.tools)
+    def start(cancel) -> Iterator[Any]:
+        events = stream_agent(runtime, messages, host, servers=mcp.servers, allowed_tools=mcp.allowed,
+                              extra_tools=mcp.extra_tools, tool_choice=mcp.tool_choice,
+                              parallel_tool_calls=mcp.parallel_tool_calls, enable_thinking=plan.enable_thinking,
+                              resolve=resolve, max_image_bytes=svc.settings.max_image_bytes, cancel=cancel,
+                              **plan.overrides)
+        return route_events(events, mcp.tools)
 
-        return start
-
-    return prepare
+    return start
 
 
 def route_events(events: Iterator[Any], tools: list[McpTool]) -> Iterator[Any]:
