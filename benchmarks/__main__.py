@@ -24,10 +24,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PARALLEL_PARTS = ("scaling", "ttft", "admission")  # benchmarks/parallel.py run_parallel
 ALL = ("bandwidth", "text", "image", "transformers", "multiturn", "load", "parallel", "video", "document")
 
 
 def parse_args(argv=None):
+    from benchmarks.prepare import BUNDLE_QUANTS as QUANTS
+
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--depth-text", type=int, default=2, help="decoder layers of the wide reference model (default 2)")
     p.add_argument("--depth-vision", type=int, default=2, help="ViT blocks of the wide reference model (default 2)")
@@ -41,8 +44,13 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny model, small inputs, one repetition (smoke test)")
     p.add_argument("--scenarios", nargs="+", choices=ALL, default=list(ALL))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quants", nargs="+", choices=QUANTS, default=list(QUANTS),
+                   help="decoder quantisations to prepare and run (default all; Q4_K_M is always needed: every media "
+                        "and parallel scenario runs on it). Q4_K_M alone saves converting Q8_0 at full depth")
     p.add_argument("--document-kv", nargs="+", choices=("f16", "q8_0"), default=None,
                    help="KV cache types of the document scenario (default f16 and q8_0; f16 with --quick)")
+    p.add_argument("--parallel-parts", nargs="+", choices=PARALLEL_PARTS, default=list(PARALLEL_PARTS),
+                   help="parts of the parallel scenario to run (default all; scaling alone at full depth)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds allowed per scenario worker")
     p.add_argument("--quiet-wait", type=float, default=None,
                    help="before each timed run, wait up to this many seconds for other processes to leave the CPUs "
@@ -52,7 +60,11 @@ def parse_args(argv=None):
                    help="repeat a timed run disturbed by other processes at most this many times (default 2, 0 with --quick)")
     p.add_argument("--retry-above", type=float, default=0.10,
                    help="a run is disturbed when other processes used more than this share of all CPUs (default 0.10)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if "Q4_K_M" not in args.quants:
+        p.error("--quants must include Q4_K_M (the media and parallel scenarios run on it)")
+    args.quants = tuple(q for q in QUANTS if q in args.quants)
+    return args
 
 
 def plan(args) -> dict:
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
     from benchmarks import report
     from benchmarks.machine import machine_info
     from benchmarks.mtmd_peer import quiet_llama
-    from benchmarks.prepare import BUNDLE_QUANTS, MMPROJ_QUANTS, prepare
+    from benchmarks.prepare import MMPROJ_QUANTS, prepare
 
     started = time.perf_counter()
     out = args.out
@@ -137,7 +149,8 @@ def main(argv=None) -> int:
             "machine": machine_info(REPO), "reps": p["reps"], "warmup": p["warmup"], "threads": args.threads,
             "settings": p["settings"]}
     log(f"{p['label']}; cache {args.cache}")
-    art = prepare(args.cache, p["size"], p["text_layers"] or 2, p["vision_depth"] or 2, p["images"], seed=args.seed)
+    art = prepare(args.cache, p["size"], p["text_layers"] or 2, p["vision_depth"] or 2, p["images"], seed=args.seed,
+                  bundle_quants=args.quants)
     from convert.checkpoint import Checkpoint
     from edge.bundle import load_bundle
 
@@ -146,12 +159,12 @@ def main(argv=None) -> int:
     info["model"] = (f"reference checkpoint ({p['size']}): text {spec.text.hidden_size} wide x {spec.text.num_layers} "
                      f"layers, vocab {spec.text.vocab_size}; vision {spec.vision.hidden_size} wide x {spec.vision.depth} "
                      f"blocks, projector {spec.vision.out_hidden_size}/{spec.vision.intermediate_size}")
-    for q in BUNDLE_QUANTS:
+    for q in args.quants:
         load_bundle(art.bundle(q))  # verify once (sha256 stamp), so load times measure loading, not hashing
     s = p["settings"]
     info["settings_text"] = (f"threads {args.threads}, n_ctx {s['n_ctx']}, n_batch {s['n_batch']}, n_ubatch {s['n_ubatch']}, "
                              f"KV {s['kv_type']}, flash attention {s['flash_attn']}, greedy; projector F16 in bundles")
-    info["decode_bytes_per_token"] = {q: decode_bytes_per_token(art.decoder(q)) for q in BUNDLE_QUANTS}
+    info["decode_bytes_per_token"] = {q: decode_bytes_per_token(art.decoder(q)) for q in args.quants}
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0 if args.quick else 60)
     retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     info["quiet_wait_s"], info["quiet_threshold"] = quiet_wait, args.quiet_threshold
@@ -159,8 +172,8 @@ def main(argv=None) -> int:
     common = {"threads": args.threads, "settings": s, "reps": p["reps"], "warmup": p["warmup"],
               "quiet_wait": quiet_wait, "quiet_threshold": args.quiet_threshold, "retries": retries,
               "retry_above": args.retry_above,
-              "bundles": {q: str(art.bundle(q)) for q in BUNDLE_QUANTS},
-              "decoders": {q: str(art.decoder(q)) for q in BUNDLE_QUANTS},
+              "bundles": {q: str(art.bundle(q)) for q in args.quants},
+              "decoders": {q: str(art.decoder(q)) for q in args.quants},
               "mmproj": {q: str(art.mmproj(q)) for q in MMPROJ_QUANTS},
               "images": {n: str(art.image(n)) for n in p["images"]}, "checkpoint": str(art.checkpoint)}
     info["skipped"] = {}
@@ -182,20 +195,21 @@ def main(argv=None) -> int:
             jobs.append({"scenario": name, "bandwidth_mb": p["bandwidth_mb"], "bandwidth_passes": p["bandwidth_passes"]})
         elif name == "text":
             jobs += [{"scenario": name, "quant": q, "prompt_words": p["prompt_words"], "decode_tokens": p["decode_tokens"]}
-                     for q in BUNDLE_QUANTS]
+                     for q in args.quants]
         elif name in ("image", "transformers"):
             jobs.append({"scenario": name, "quant": "Q4_K_M"})
         elif name == "multiturn":
             jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "mmproj_quant": "F16",
                          "image": p["multiturn_image"], "answer_tokens": p["answer_tokens"]})
         elif name == "load":
-            for q in BUNDLE_QUANTS:
+            for q in args.quants:
                 jobs += [{"scenario": name, "side": "ours", "quant": q, "vision_dtype": d, "image": p["multiturn_image"]}
                          for d in ("int8", "fp32")]
                 jobs.append({"scenario": name, "side": "llama.cpp", "quant": q, "mmproj_quant": "F16" if q == "Q4_K_M" else "Q8_0",
                              "image": p["multiturn_image"]})
         elif name == "parallel":
-            jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", **p["parallel"]})
+            jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", **p["parallel"],
+                         "parts": list(args.parallel_parts)})
         elif name == "video":
             jobs.append({"scenario": name, "quant": "Q4_K_M", "vision_dtype": "int8", "clip": p["clip"],
                          "answer_tokens": p["answer_tokens"]})

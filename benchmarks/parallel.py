@@ -306,4 +306,5 @@ def run_parallel(cfg: dict) -> list[dict]:
     from benchmarks.mtmd_peer import quiet_llama
 
     quiet_llama()
-    return _scaling(cfg) + _ttft(cfg) + _admission(cfg)
+    parts = {"scaling": _scaling, "ttft": _ttft, "admission": _admission}
+    return [row for name in cfg["parts"] for row in parts[name](cfg)]
