@@ -76,7 +76,7 @@ def plan(args) -> dict:
                 "prompt_words": 60, "decode_tokens": 8, "answer_tokens": 4, "bandwidth_mb": 64, "bandwidth_passes": 2,
                 "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 8, "stream_words": 12, "ttft_clients": 8,
                              "ttft_image": (112, 112), "answer_tokens": 4, "admission_words": 60,
-                             "admission_batches": [512, 64], "admission_running": 3, "admission_lead_tokens": 3},
+                             "admission_chunks": [512, 32], "admission_running": 3, "admission_lead_tokens": 3},
                 "clip": {"width": 100, "height": 70, "fps": 10, "seconds": 2, "warmup_seconds": 1},
                 "document": {"pages": 3, "page_tokens": 64, "kv_types": ("f16",), "kv_dropped_turn": True},
                 "settings": {"n_ctx": 2048, "n_batch": 512, "n_ubatch": 512, "kv_type": "f16", "flash_attn": "on"}}
@@ -87,10 +87,10 @@ def plan(args) -> dict:
             "images": {"448x448": (448, 448), "1008x756": (1008, 756)}, "multiturn_image": "448x448",
             "prompt_words": 400, "decode_tokens": 48, "answer_tokens": 16, "bandwidth_mb": 1024, "bandwidth_passes": 5,
             # parallel: N streams of short distinct prompts; 8 clients with a 448x448 image each (256 tokens);
-            # a 400-word prompt (about 1070 tokens) admitted beside 3 running streams, chunks of n_batch 512 / 128.
+            # a 400-word prompt (about 1070 tokens) admitted beside 3 running streams, prefill chunks 512 / 128 / 32.
             "parallel": {"streams": [1, 2, 4, 8], "decode_tokens": 64, "stream_words": 20, "ttft_clients": 8,
                          "ttft_image": (448, 448), "answer_tokens": 16, "admission_words": 400,
-                         "admission_batches": [512, 128], "admission_running": 3, "admission_lead_tokens": 12},
+                         "admission_chunks": [512, 128, 32], "admission_running": 3, "admission_lead_tokens": 12},
             # issue 12: a 10 s 640x360 clip at 30 fps; issue 16: 20 pages at the default per-page budget
             "clip": {"width": 640, "height": 360, "fps": 30, "seconds": 10, "warmup_seconds": 2},
             "document": {"pages": 20, "page_tokens": None, "kv_types": ("f16", "q8_0"), "kv_dropped_turn": False},

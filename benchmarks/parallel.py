@@ -13,9 +13,9 @@ Three parts, each a list of rows tagged `part`:
 - `ttft`: time to first token of `ttft_clients` clients sending one distinct image each at the same moment,
   parallel=N (one batch) vs parallel=1 (one at a time, today's FIFO), alternating within every repetition.
 - `admission`: inter-token latency of `admission_running` streams while a new long text prompt is admitted
-  (prefilled in chunks between their decode steps, up to n_batch tokens per step), per n_batch in
-  `admission_batches`; gaps before the submit vs during its prefill, and the new request's first-token time
-  against the same prompt alone.
+  (prefilled in chunks of at most `--prefill-chunk` tokens beside their decode steps), per chunk size in
+  `admission_chunks` at the settings' n_batch; gaps before the submit vs during its prefill, and the new
+  request's first-token time against the same prompt alone (which prefills in full batches whatever the chunk).
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ def _admission(cfg: dict) -> list[dict]:
     running_msgs = [[{"role": "user", "content": long_text(cfg["stream_words"], seed=200 + i) + "\nContinue."}]
                     for i in range(n_run)]
     runs, discarded = [], []
-    for n_batch in cfg["admission_batches"]:
-        rt = _load(cfg, n_run + 1, batch_size=n_batch, ubatch_size=min(n_batch, s["n_ubatch"]))
+    for chunk in cfg["admission_chunks"]:
+        rt = _load(cfg, n_run + 1, prefill_chunk=min(chunk, s["n_batch"]))
 
         def solo():
             _reset(rt)
@@ -295,7 +295,8 @@ def _admission(cfg: dict) -> list[dict]:
                 k = len(discarded)
                 r = measure(cfg, fn, rep, discarded)
                 for d in discarded[k:] + ([r] if r else []):
-                    d.update(part="admission", variant=variant, n_batch=n_batch, running=n_run, rep=rep)
+                    d.update(part="admission", variant=variant, prefill_chunk=rt.engine.prefill_chunk,
+                             n_batch=s["n_batch"], running=n_run, rep=rep)
                 if r is not None:
                     runs.append(r)
         rt.close()

@@ -38,7 +38,7 @@ def summarize(runs: list[dict]) -> dict:
             d["first_token_s"] += r["first_token_s"]
             d["total_s"] += r["total_s"]
         elif r.get("part") == "admission":
-            out["admission"].setdefault(r["n_batch"], {}).setdefault(r["variant"], []).append(r)
+            out["admission"].setdefault(r["prefill_chunk"], {}).setdefault(r["variant"], []).append(r)
     scaling = {}
     for n, sides in sorted(out["scaling"].items()):
         row = {side: {"aggregate_tps": _median(v), "best_tps": max(v), "n": len(v)} for side, v in sides.items()}
@@ -58,12 +58,12 @@ def summarize(runs: list[dict]) -> dict:
             d[key.replace("_s", "") + "_p50"], d[key.replace("_s", "") + "_p95"] = _pct(d[key], 50), _pct(d[key], 95)
         d["samples"] = len(d["first_token_s"])
     admission = {}
-    for n_batch, variants in sorted(out["admission"].items()):
+    for chunk, variants in sorted(out["admission"].items(), reverse=True):
         row = {}
         for variant, rs in variants.items():
             keys = [k for k in rs[0] if k.startswith(("gap_", "first_token_s", "prompt_tokens"))]
             row[variant] = {k: _median(r[k] for r in rs) for k in keys}
-        admission[n_batch] = row
+        admission[chunk] = row
     out["admission"] = admission
     return out
 
@@ -123,12 +123,13 @@ def markdown(sp: dict) -> list[str]:
         L.append("")
     if sp.get("admission"):
         L += ["Inter-token latency (seconds) of running streams while a long prompt is admitted (prefilled in chunks "
-              "that fill each step's batch up to n_batch beside the running streams' tokens); medians over repetitions.", "",
-              "| n_batch | prompt tokens | gap before p50 | gap during p50 | gap during max | gap after p50 | "
+              "of at most `--prefill-chunk` tokens per step beside the running streams' tokens; alone it prefills in full "
+              "batches of n_batch); medians over repetitions.", "",
+              "| prefill chunk | prompt tokens | gap before p50 | gap during p50 | gap during max | gap after p50 | "
               "new request TTFT | same prompt alone |", "|---|---|---|---|---|---|---|---|"]
-        for n_batch, row in sp["admission"].items():
+        for chunk, row in sp["admission"].items():
             lo, so = row.get("with running streams", {}), row.get("solo", {})
-            L.append(f"| {n_batch} | {_f(lo.get('prompt_tokens'), 0)} | {_f(lo.get('gap_before_p50_s'), 3)} | "
+            L.append(f"| {chunk} | {_f(lo.get('prompt_tokens'), 0)} | {_f(lo.get('gap_before_p50_s'), 3)} | "
                      f"{_f(lo.get('gap_during_p50_s'), 3)} | {_f(lo.get('gap_during_max_s'), 3)} | "
                      f"{_f(lo.get('gap_after_p50_s'), 3)} | {_f(lo.get('first_token_s'))} | {_f(so.get('first_token_s'))} |")
         L.append("")

@@ -403,6 +403,9 @@ def _add_runtime_args(p) -> None:
     p.add_argument("--parallel", type=int, default=d.parallel,
                    help="generations decoded together in one context (continuous batching; the KV cache of "
                         "--ctx-size is shared by all of them); default: 4 with GPU offload, 2 on a CPU")
+    p.add_argument("--prefill-chunk", type=int, default=d.prefill_chunk,
+                   help="prompt tokens (or media rows) admitted per step while other generations stream; alone, a "
+                        "prompt prefills in full batches; default: 128 on a CPU, --batch-size with GPU offload")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="llama.cpp n_batch")
     p.add_argument("--ubatch-size", type=int, default=d.ubatch_size, help="llama.cpp n_ubatch (at most --batch-size)")
     p.add_argument("--kv-type", choices=KvType.values(), default=None,

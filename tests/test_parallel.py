@@ -119,3 +119,43 @@ def test_follow_up_lands_on_the_slot_with_its_prefix(runtime, solo):
     runtime.forget_prefix()
     cold = runtime.chat(follow, **GREEDY)
     assert cold.usage.cached_tokens == 0 and cold.token_ids == again.token_ids
+
+
+def test_admission_beside_running_streams_takes_prefill_chunk_tokens_per_step(tiny_bundle, solo):
+    """A prompt admitted while another sequence generates enters in chunks of at most --prefill-chunk tokens or
+    media rows per step, and every answer still equals its solo ids."""
+    chunk = 5
+    rt = Runtime.load(tiny_bundle, device="cpu", vision_dtype="fp32", kv_type="f32", flash_attn="off", ctx_size=2048,
+                      batch_size=64, ubatch_size=16, threads=2, parallel=2, prefill_chunk=chunk)
+    events = []  # ("batch", sequence of each token) or ("media", sequence, rows), in decode order
+    decoder = rt.engine.decoder
+    decode_batch, decode_embeddings = decoder.decode_batch, decoder.decode_embeddings
+
+    def spy_batch(tokens, positions, seqs, logits):
+        events.append(("batch", list(seqs)))
+        return decode_batch(tokens, positions, seqs, logits)
+
+    def spy_embeddings(emb, positions, seq):
+        events.append(("media", seq, len(emb)))
+        return decode_embeddings(emb, positions, seq)
+
+    decoder.decode_batch, decoder.decode_embeddings = spy_batch, spy_embeddings
+    try:
+        results, started = {}, {"text": threading.Event()}
+        first = run_all(rt, ["text"], results, started)
+        assert started["text"].wait(60)
+        text = events[-1][1][-1]  # the text sequence is generating: its slot is in the latest batch
+        mark = len(events)
+        later = run_all(rt, ["two images"], results)
+        for t in first + later:
+            t.join(120)
+    finally:
+        rt.close()
+    assert results["text"].token_ids == solo["text"] and results["two images"].token_ids == solo["two images"]
+    after = events[mark:]
+    batches = [e[1] for e in after if e[0] == "batch" and text in e[1] and len(set(e[1])) > 1]
+    assert batches, "the prompt was never admitted beside the running stream"
+    assert all(seqs.count(text) == 1 and len(seqs) - 1 <= chunk for seqs in batches), batches
+    # A media piece is beside the stream when the same step's token batch (the next one) holds the stream's token.
+    beside = [e[2] for e, nxt in zip(after, after[1:]) if e[0] == "media" and nxt[0] == "batch" and text in nxt[1]]
+    assert beside and max(beside) <= chunk, beside

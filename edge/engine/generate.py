@@ -11,10 +11,11 @@ takes the free slot whose cached prefix (text ids and media keys) matches the ne
 llama-server does, and blocks while every slot is busy. The KV cache is unified: any slot may use the whole
 context, and together they share its cells; when they are full, idle slots' cached prefixes are dropped first.
 
-The loop, every step: one llama_decode batch holds the next token of every generating sequence, and fills the
-rest of the batch (up to n_batch) with prompt tokens of sequences being admitted, in arrival order, so that
-running streams keep flowing while new prompts prefill in chunks. A media chunk cannot share a batch with
-tokens: at most one media piece of up to n_ubatch rows is decoded per step, before the token batch. Each
+The loop, every step: one llama_decode batch holds the next token of every generating sequence, and adds prompt
+tokens of sequences being admitted, in arrival order: up to `prefill_chunk` of them while any sequence generates
+(so running streams keep flowing while a long prompt prefills in chunks), up to n_batch when none does. A media
+chunk cannot share a batch with tokens: at most one media piece of up to n_ubatch rows (`prefill_chunk` while
+others generate) is decoded per step, before the token batch. Each
 sequence samples with its own chain (grammar, penalties, seed). A sequence ends on an end-of-generation id,
 max tokens or the end of the context; the consumer may stop earlier (a stop string: `ids.close()`, the KV is
 kept) or cancel (`cancel` set: the sequence leaves at the next step and its KV cells are freed).
@@ -36,6 +37,7 @@ from edge.engine.kv import KVPrefix, Reuse
 from edge.engine.llama import Decoder, Sampler
 from edge.engine.sampling import SamplingParams
 from edge.errors import ContextOverflowError, DecodeAborted, DecoderError, KVCacheFullError
+from edge.options import default_prefill_chunk
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -178,6 +180,8 @@ class Engine:
         self.decoder = decoder
         self.stop_ids = set(stop_ids)
         self.slots = [_Slot(i) for i in range(decoder.n_seq)]
+        opts = decoder.options
+        self.prefill_chunk = opts.prefill_chunk or default_prefill_chunk(decoder.offloaded, opts.batch_size)
         self.stats = EngineStats()
         self._cond = threading.Condition()
         self._seqs: list[_Seq] = []  # admitted, in arrival order
@@ -282,16 +286,19 @@ class Engine:
 
     def _step(self, seqs: list[_Seq]) -> None:
         """One step: a media piece for at most one admitted sequence, then one token batch of every generating
-        sequence's next token plus prompt tokens of admitted sequences, up to n_batch."""
+        sequence's next token plus prompt tokens of admitted sequences (see the module's docstring)."""
         dec = self.decoder
         generating = [s for s in seqs if not s.prefilling]
         batch: list[tuple[int, int, _Seq, bool]] = [(s.next_token, s.slot.kv.next_position, s, True) for s in generating]
         pieces: list[tuple[_Seq, int, bool]] = []  # (sequence, tokens taken from its head chunk, chunk complete)
+        # Admission budget: a chunk beside running streams, so their next token is not held up by a whole batch.
+        budget = min(self.prefill_chunk, dec.options.ubatch_size) if generating else dec.options.ubatch_size
         media = next((s for s in seqs if s.prefilling and s.todo[0][1].is_media), None)
         if media is not None:
-            self._guard([media], lambda: self._media_piece(media))
+            self._guard([media], lambda: self._media_piece(media, budget))
+        limit = len(batch) + self.prefill_chunk if generating else dec.n_batch
         for seq in seqs:
-            room = dec.n_batch - len(batch)
+            room = min(limit, dec.n_batch) - len(batch)
             if room <= 0 or not seq.prefilling or seq.todo[0][1].is_media or seq is media:
                 continue
             pos, chunk = seq.todo[0]
@@ -320,10 +327,10 @@ class Engine:
             if want:
                 self._sample(seq, i)
 
-    def _media_piece(self, seq: _Seq) -> None:
-        """Up to n_ubatch rows of the sequence's head media chunk, at their M-RoPE positions."""
+    def _media_piece(self, seq: _Seq, rows: int) -> None:
+        """Up to `rows` rows of the sequence's head media chunk, at their M-RoPE positions."""
         pos, chunk = seq.todo[0]
-        n = min(self.decoder.options.ubatch_size, chunk.n_tokens - seq.offset)
+        n = min(rows, chunk.n_tokens - seq.offset)
         emb = seq.embeddings[chunk.key]
         positions = image_positions(pos, chunk.rows, chunk.cols)[:, seq.offset:seq.offset + n]
         self.decoder.decode_embeddings(emb[seq.offset:seq.offset + n], positions, seq.slot.index)
