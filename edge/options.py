@@ -137,7 +137,7 @@ def default_parallel(gpu: bool) -> int:
 
 def default_prefill_chunk(gpu: bool, batch_size: int) -> int:
     """Prompt tokens admitted per step while other sequences generate, when --prefill-chunk is not given. On a
-    CPU prefill is compute-bound, so a step's time grows with its tokens: 128 keeps running streams at about a
-    third of a second per token on 2 cores while a long prompt is admitted (512 doubled that; see the README).
+    CPU prefill is compute-bound, so a step's time grows with its tokens: 128 halves the running streams' wait
+    per token against 512 while a long prompt is admitted on 2 cores (measured in the README).
     With GPU offload a full batch costs little more than one decode step, so the whole batch is used."""
     return batch_size if gpu else min(128, batch_size)

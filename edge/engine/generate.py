@@ -296,9 +296,9 @@ class Engine:
         media = next((s for s in seqs if s.prefilling and s.todo[0][1].is_media), None)
         if media is not None:
             self._guard([media], lambda: self._media_piece(media, budget))
-        limit = len(batch) + self.prefill_chunk if generating else dec.n_batch
+        limit = min(len(batch) + self.prefill_chunk, dec.n_batch) if generating else dec.n_batch
         for seq in seqs:
-            room = min(limit, dec.n_batch) - len(batch)
+            room = limit - len(batch)
             if room <= 0 or not seq.prefilling or seq.todo[0][1].is_media or seq is media:
                 continue
             pos, chunk = seq.todo[0]
